@@ -1,0 +1,58 @@
+"""The contract every detector honours, learned or not.
+
+The evaluation harness, the scoring worker and the CHAIMELEON-style command line all call
+detectors through this one shape: a batch of locations in, one raw score and one per-pixel
+evidence map per location out. Keeping pixels in modality units (HU for CT) here means each
+detector owns its own preprocessing, exactly as it was trained with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SliceImage:
+    """One 2-D slice in modality units: Hounsfield units for CT, scanner units for MR."""
+
+    pixels: np.ndarray  # float32, shape (rows, cols)
+    modality: str  # "CT" or "MR"
+    pixel_spacing_mm: tuple[float, float] = (1.0, 1.0)  # (row spacing, column spacing)
+    # MR only: robust (low, high) intensities of the whole volume, so every slice of a series
+    # is normalised to [0, 1] the same way. None: the detector derives them from this slice.
+    intensity_range: tuple[float, float] | None = None
+    source: str = ""  # file path or SOP Instance UID, for reports and error messages
+
+
+@dataclass(frozen=True)
+class Location:
+    """A point to check: x is the column, y the row (the BTD and CHAIMELEON convention)."""
+
+    image: SliceImage
+    x: int
+    y: int
+    # Other slices of the same series a detector may search (the copy-move matcher does).
+    context: Sequence[SliceImage] = field(default=(), repr=False)
+
+
+@dataclass(frozen=True)
+class RegionScore:
+    """A raw, uncalibrated score (higher = more likely tampered) and its evidence map."""
+
+    score: float
+    heatmap: np.ndarray  # float32, the patch centred on the location, same orientation as pixels
+
+
+@runtime_checkable
+class Detector(Protocol):
+    """Scores locations; one instance is loaded once and reused across many batches."""
+
+    name: str
+
+    def score(self, locations: Sequence[Location]) -> list[RegionScore]:
+        """Return one RegionScore per location, in order."""
+        ...
