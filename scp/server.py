@@ -1,0 +1,294 @@
+"""The DICOM Storage SCP (and Verification SCP) the PACS forwards studies to.
+
+Every storage SOP class is accepted in every transfer syntax pydicom knows and stored exactly
+as sent. The C-STORE handler runs in the association's thread and answers only once
+``InstanceStore.store`` has made the file durable and committed its index row.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from dataclasses import dataclass, field
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
+from pynetdicom.association import Association as PynetAssociation
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+
+from scp.settings import ScpSettings
+from scp.validate import DECODE_FAILED, OUT_OF_RESOURCES, RejectedInstance, inspect_dataset
+from storage.audit import audit
+from storage.db import Database
+from storage.instances import InstanceStore, Origin, OutOfSpace, record_rejection
+from storage.jobs import mark_released
+from storage.models import Association, utcnow
+
+log = logging.getLogger(__name__)
+
+# A-ASSOCIATE-RJ (result, source, diagnostic): rejected-permanent by the service user.
+REJECT_CALLING_AE = (0x01, 0x01, 0x03)
+REJECT_CALLED_AE = (0x01, 0x01, 0x07)
+REJECT_NO_REASON = (0x01, 0x01, 0x01)
+
+
+@dataclass
+class _Session:
+    """What we track about one live association."""
+
+    record_id: int
+    calling_ae: str
+    peer: str
+    studies: set[int] = field(default_factory=set)
+
+
+def build_ssl_context(settings: ScpSettings) -> ssl.SSLContext | None:
+    tls = settings.tls
+    if not tls.enabled:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+    if tls.client_ca_file is not None:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(str(tls.client_ca_file))
+    return context
+
+
+class StorageSCP:
+    def __init__(self, settings: ScpSettings, db: Database, store: InstanceStore) -> None:
+        self.settings = settings
+        self.db = db
+        self.store = store
+        self._sessions: dict[int, _Session] = {}
+        self._lock = threading.Lock()
+        self._ae: AE | None = None
+        self._server: ThreadedAssociationServer | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful when configured as 0 in tests)."""
+        assert self._server is not None, "SCP not started"
+        return int(self._server.server_address[1])
+
+    def _make_ae(self) -> AE:
+        s = self.settings
+        ae = AE(ae_title=s.ae_title)
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+        ae.maximum_associations = s.max_associations
+        ae.maximum_pdu_size = s.max_pdu_size
+        ae.acse_timeout = s.acse_timeout_s
+        ae.dimse_timeout = s.dimse_timeout_s
+        ae.network_timeout = s.network_timeout_s
+        # Our EVT_REQUESTED handler checks AE titles and hosts itself, so it can audit them.
+        ae.require_called_aet = False
+        ae.require_calling_aet = []
+        return ae
+
+    def start(self) -> None:
+        # Private and newer storage SOP classes a PACS forwards are accepted too; the C-STORE
+        # handler still checks each dataset against its presentation context.
+        _config.UNRESTRICTED_STORAGE_SERVICE = True
+        self._ae = self._make_ae()
+        handlers = [
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_RELEASED, self._on_released),
+            (evt.EVT_ABORTED, self._on_aborted),
+            (evt.EVT_CONN_CLOSE, self._on_closed),
+        ]
+        self._server = self._ae.start_server(
+            (self.settings.host, self.settings.port),
+            block=False,
+            evt_handlers=handlers,
+            ssl_context=build_ssl_context(self.settings),
+        )
+        log.info(
+            "DICOM SCP listening",
+            extra={
+                "ae_title": self.settings.ae_title,
+                "host": self.settings.host,
+                "port": self.port,
+                "tls": self.settings.tls.enabled,
+            },
+        )
+        if not self.settings.allowed_calling_aets:
+            log.warning("scp.allowed_calling_aets is empty: any calling AE title is accepted")
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """Stop accepting, let running associations finish for ``grace_s``, then abort."""
+        if self._server is None or self._ae is None:
+            return
+        self._server.shutdown()
+        deadline = time.monotonic() + grace_s
+        while self._ae.active_associations and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for assoc in self._ae.active_associations:
+            log.warning("aborting association at shutdown", extra={"peer": assoc.requestor.address})
+            assoc.abort()
+        self._server = None
+        log.info("DICOM SCP stopped")
+
+    # -- association lifecycle -------------------------------------------------------------
+
+    def _on_requested(self, event: evt.Event) -> None:
+        assoc: PynetAssociation = event.assoc
+        calling = str(assoc.requestor.primitive.calling_ae_title).strip()
+        called = str(assoc.requestor.primitive.called_ae_title).strip()
+        host, port = assoc.requestor.address, assoc.requestor.port
+        rejection: tuple[tuple[int, int, int], str] | None = None
+        if not self.settings.host_allowed(host):
+            rejection = (REJECT_NO_REASON, f"host {host} not in scp.allowed_hosts")
+        elif (
+            self.settings.allowed_calling_aets and calling not in self.settings.allowed_calling_aets
+        ):
+            rejection = (REJECT_CALLING_AE, f"calling AE {calling!r} not in allowed_calling_aets")
+        elif self.settings.require_called_aet and called != self.settings.ae_title:
+            rejection = (
+                REJECT_CALLED_AE,
+                f"called AE {called!r} is not {self.settings.ae_title!r}",
+            )
+        now = utcnow()
+        with self.db.session() as session:
+            record = Association(
+                calling_ae=calling[:16],
+                called_ae=called[:16],
+                peer_host=host,
+                peer_port=port,
+                tls=self.settings.tls.enabled,
+                started_at=now,
+                outcome="rejected" if rejection else "open",
+                ended_at=now if rejection else None,
+                reject_reason=rejection[1] if rejection else None,
+                instances_stored=0,
+                instances_failed=0,
+            )
+            session.add(record)
+            if rejection:
+                audit(
+                    session,
+                    actor=calling or "?",
+                    action="association.rejected",
+                    target=f"{host}:{port}",
+                    detail={"reason": rejection[1], "called_ae": called},
+                )
+            session.flush()
+            record_id = record.id
+        if rejection:
+            log.warning(
+                "association rejected",
+                extra={"calling_ae": calling, "peer": host, "reason": rejection[1]},
+            )
+            assoc.acse.send_reject(*rejection[0])
+            assoc.kill()  # as pynetdicom's own rejections do: lets the A-ASSOCIATE-RJ go out
+            return
+        with self._lock:
+            self._sessions[id(assoc)] = _Session(record_id, calling, host)
+        log.info("association accepted", extra={"calling_ae": calling, "peer": f"{host}:{port}"})
+
+    def _end(self, event: evt.Event, outcome: str) -> None:
+        with self._lock:
+            state = self._sessions.pop(id(event.assoc), None)
+            still_open = set().union(*(s.studies for s in self._sessions.values()))
+        if state is None:
+            return
+        now = utcnow()
+        with self.db.session() as session:
+            record = session.get(Association, state.record_id)
+            if record is not None:
+                record.outcome = outcome
+                record.ended_at = now
+            if outcome == "released":
+                mark_released(session, sorted(state.studies - still_open), now)
+        log.info(
+            f"association {outcome}",
+            extra={"calling_ae": state.calling_ae, "peer": state.peer},
+        )
+
+    def _on_released(self, event: evt.Event) -> None:
+        self._end(event, "released")
+
+    def _on_aborted(self, event: evt.Event) -> None:
+        self._end(event, "aborted")
+
+    def _on_closed(self, event: evt.Event) -> None:
+        # A connection dropped without A-RELEASE or A-ABORT: treat it as aborted.
+        self._end(event, "aborted")
+
+    # -- DIMSE services --------------------------------------------------------------------
+
+    def _on_echo(self, event: evt.Event) -> int:
+        return 0x0000
+
+    def _on_store(self, event: evt.Event) -> int | Dataset:
+        with self._lock:
+            state = self._sessions.get(id(event.assoc))
+        origin = Origin(
+            channel="dimse",
+            calling_ae=state.calling_ae if state else None,
+            peer_address=state.peer if state else event.assoc.requestor.address,
+            association_id=state.record_id if state else None,
+        )
+        try:
+            try:
+                dataset = event.dataset
+            except Exception as exc:
+                raise RejectedInstance(
+                    DECODE_FAILED, f"dataset could not be decoded: {exc}"
+                ) from exc
+            meta = inspect_dataset(
+                dataset,
+                event.context.transfer_syntax,
+                negotiated_sop_class=event.context.abstract_syntax,
+                announced_sop_instance=str(event.request.AffectedSOPInstanceUID or "") or None,
+            )
+            outcome = self.store.store(event.encoded_dataset(), meta, origin)
+        except RejectedInstance as exc:
+            return self._refuse(origin, exc.status, exc.reason, exc.sop_instance_uid)
+        except OutOfSpace as exc:
+            log.warning(
+                "disk below free-space watermark, refusing C-STORE", extra={"why": str(exc)}
+            )
+            return self._refuse(origin, OUT_OF_RESOURCES, f"out of storage space: {exc}", None)
+        except OSError as exc:
+            log.exception("could not write instance")
+            return self._refuse(origin, OUT_OF_RESOURCES, f"could not store: {exc}", None)
+        if state is not None:
+            with self._lock:
+                state.studies.add(outcome.study_id)
+        log.info(
+            "instance stored",
+            extra={
+                "result": outcome.result.value,
+                "sop": meta.sop_instance_uid,
+                "study": meta.study_uid,
+                "calling_ae": origin.calling_ae,
+                "transfer_syntax": meta.transfer_syntax_uid,
+            },
+        )
+        return 0x0000
+
+    def _refuse(self, origin: Origin, status: int, reason: str, sop_uid: str | None) -> Dataset:
+        log.warning(
+            "instance refused",
+            extra={
+                "status": f"0x{status:04X}",
+                "reason": reason,
+                "sop": sop_uid,
+                "calling_ae": origin.calling_ae,
+            },
+        )
+        try:
+            record_rejection(self.db, origin, reason, sop_uid)
+        except Exception:
+            log.exception("could not audit a refused instance")
+        answer = Dataset()
+        answer.Status = status
+        answer.ErrorComment = reason[:64]
+        return answer

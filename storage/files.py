@@ -1,0 +1,92 @@
+"""Instance files on disk: checked paths and crash-safe writes.
+
+A file is written to a temporary name in its final folder, flushed, fsynced, renamed into
+place and the folder fsynced, so after a crash a name either holds the complete bytes or
+does not exist. Paths are built only from UIDs that passed ``check_uid``: a UID is digits
+and dots, so it can never climb out of the data folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import secrets
+from pathlib import Path
+
+_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+TEMP_SUFFIX = ".partial"
+
+
+class InvalidUID(ValueError):
+    """A UID that is not a valid DICOM UID (digits and dots, at most 64 characters)."""
+
+
+def check_uid(value: object, name: str) -> str:
+    """Return ``value`` as a UID string, or raise InvalidUID saying which one is wrong."""
+    text = str(value).strip().rstrip("\x00") if value is not None else ""
+    if not text:
+        raise InvalidUID(f"{name} is missing")
+    if len(text) > 64 or not _UID.match(text):
+        raise InvalidUID(f"{name} {text[:80]!r} is not a valid UID")
+    return text
+
+
+def content_hash(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def instance_relpath(study_uid: str, series_uid: str, sop_uid: str, sha256: str) -> Path:
+    """Where one version of an instance lives, relative to the instance root.
+
+    The content hash is part of the name so a replaced instance never overwrites the bytes
+    an index row still points at; the old version stays on disk for forensics.
+    """
+    for uid, name in ((study_uid, "Study"), (series_uid, "Series"), (sop_uid, "SOP Instance")):
+        check_uid(uid, f"{name} Instance UID" if name != "SOP Instance" else "SOP Instance UID")
+    return Path(study_uid) / series_uid / f"{sop_uid}.{sha256[:16]}.dcm"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_dirs_durably(folder: Path) -> None:
+    missing: list[Path] = []
+    probe = folder
+    while not probe.exists():
+        missing.append(probe)
+        probe = probe.parent
+    for path in reversed(missing):
+        path.mkdir(exist_ok=True)
+        _fsync_dir(path.parent)
+
+
+def write_atomically(target: Path, data: bytes) -> None:
+    """Write ``data`` to ``target`` so that it is durable and never seen half-written."""
+    _make_dirs_durably(target.parent)
+    temp = target.with_name(f".{target.name}.{secrets.token_hex(6)}{TEMP_SUFFIX}")
+    try:
+        with open(temp, "xb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, target)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(target.parent)
+
+
+def remove_partial_files(root: Path) -> int:
+    """Delete temporary files a crash left behind; they were never acknowledged."""
+    count = 0
+    if root.exists():
+        for path in root.rglob(f"*{TEMP_SUFFIX}"):
+            path.unlink(missing_ok=True)
+            count += 1
+    return count

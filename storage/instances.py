@@ -1,0 +1,276 @@
+"""Persisting received instances: bytes on disk first, then the index, then the answer.
+
+``InstanceStore.store`` is the single ingest path for C-STORE and STOW-RS. It returns only
+after the file is durable and the index row is committed, so the caller may acknowledge.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from storage.audit import audit
+from storage.db import Database
+from storage.files import content_hash, instance_relpath, write_atomically
+from storage.models import (
+    JOB_QUEUED,
+    JOB_SUPERSEDED,
+    RECEIVING,
+    Association,
+    Instance,
+    Job,
+    Series,
+    Study,
+    utcnow,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class InstanceMeta:
+    """What the index needs from a dataset; every UID here has been checked."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_uid: str
+    series_uid: str
+    transfer_syntax_uid: str
+    modality: str | None = None
+    series_number: int | None = None
+    series_description: str | None = None
+    instance_number: int | None = None
+    patient_id: str | None = None
+    patient_name: str | None = None
+    study_date: str | None = None
+    accession_number: str | None = None
+    study_description: str | None = None
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Who sent an instance and over which channel (``dimse`` or ``stow``)."""
+
+    channel: str
+    calling_ae: str | None = None
+    peer_address: str | None = None
+    association_id: int | None = None
+
+
+class StoreResult(enum.Enum):
+    STORED = "stored"
+    DUPLICATE = "duplicate"  # same SOP Instance UID, same bytes: nothing written
+    REPLACED = "replaced"  # same SOP Instance UID, new bytes: newest kept, old file kept
+
+
+@dataclass(frozen=True)
+class StoreOutcome:
+    result: StoreResult
+    instance_id: int
+    study_id: int
+
+
+class OutOfSpace(RuntimeError):
+    """The data disk is below the configured free-space watermark."""
+
+
+class InstanceStore:
+    def __init__(
+        self,
+        db: Database,
+        data_dir: Path,
+        min_free_mb: int = 0,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.db = db
+        self.root = data_dir / "instances"
+        self.min_free_bytes = min_free_mb * 1024 * 1024
+        self.clock = clock
+
+    def path_of(self, instance: Instance) -> Path:
+        return self.root / instance.file_path
+
+    def free_bytes(self) -> int:
+        probe = self.root if self.root.exists() else self.root.parent
+        probe.mkdir(parents=True, exist_ok=True)
+        return shutil.disk_usage(probe).free
+
+    def store(self, data: bytes, meta: InstanceMeta, origin: Origin) -> StoreOutcome:
+        """Write ``data`` (a complete DICOM file) durably and index it; raises on failure."""
+        sha = content_hash(data)
+        with self.db.session() as session:
+            known = session.scalars(
+                select(Instance).where(Instance.sop_instance_uid == meta.sop_instance_uid)
+            ).one_or_none()
+            if known is not None and known.sha256 == sha and self.path_of(known).exists():
+                self._count(session, origin, stored=True)
+                return StoreOutcome(StoreResult.DUPLICATE, known.id, known.study_id)
+        free = self.free_bytes()
+        if free - len(data) < self.min_free_bytes:
+            raise OutOfSpace(
+                f"{free // (1024 * 1024)} MiB free in {self.root}, "
+                f"watermark {self.min_free_bytes // (1024 * 1024)} MiB"
+            )
+        relpath = instance_relpath(meta.study_uid, meta.series_uid, meta.sop_instance_uid, sha)
+        write_atomically(self.root / relpath, data)
+        for attempt in range(2):
+            try:
+                with self.db.session() as session:
+                    return self._index(session, meta, origin, relpath, sha, len(data))
+            except IntegrityError:
+                # Another association indexed the same UID at the same moment (non-SQLite
+                # backends); the second pass sees its row and resolves duplicate/replace.
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _index(
+        self,
+        session: Session,
+        meta: InstanceMeta,
+        origin: Origin,
+        relpath: Path,
+        sha: str,
+        size: int,
+    ) -> StoreOutcome:
+        now = self.clock()
+        study = self._upsert_study(session, meta, now)
+        series = self._upsert_series(session, meta, study)
+        instance = session.scalars(
+            select(Instance).where(Instance.sop_instance_uid == meta.sop_instance_uid)
+        ).one_or_none()
+        result = StoreResult.STORED
+        if instance is None:
+            instance = Instance(sop_instance_uid=meta.sop_instance_uid, replaced_count=0)
+            session.add(instance)
+        elif instance.sha256 == sha:
+            result = StoreResult.DUPLICATE
+        else:
+            result = StoreResult.REPLACED
+            audit(
+                session,
+                actor=origin.calling_ae or origin.channel,
+                action="instance.replaced",
+                target=meta.sop_instance_uid,
+                detail={
+                    "old_sha256": instance.sha256,
+                    "new_sha256": sha,
+                    "old_file": instance.file_path,
+                    "peer": origin.peer_address,
+                },
+            )
+            if instance.study_id != study.id:
+                self._reopen(session, session.get(Study, instance.study_id), now)
+            instance.replaced_count += 1
+        if result is not StoreResult.DUPLICATE:
+            self._reopen(session, study, now)
+        instance.study_id = study.id
+        instance.series_id = series.id
+        instance.sop_class_uid = meta.sop_class_uid
+        instance.transfer_syntax_uid = meta.transfer_syntax_uid
+        instance.instance_number = meta.instance_number
+        instance.file_path = relpath.as_posix()
+        instance.size_bytes = size
+        instance.sha256 = sha
+        instance.calling_ae = origin.calling_ae
+        instance.peer_address = origin.peer_address
+        instance.association_id = origin.association_id
+        instance.received_at = now
+        self._count(session, origin, stored=True)
+        session.flush()
+        if result is StoreResult.REPLACED:
+            log.warning(
+                "instance replaced with different bytes",
+                extra={"sop": meta.sop_instance_uid, "study": meta.study_uid},
+            )
+        return StoreOutcome(result, instance.id, study.id)
+
+    def _upsert_study(self, session: Session, meta: InstanceMeta, now: datetime) -> Study:
+        study = session.scalars(
+            select(Study).where(Study.study_uid == meta.study_uid)
+        ).one_or_none()
+        if study is None:
+            study = Study(
+                study_uid=meta.study_uid,
+                state=RECEIVING,
+                version=1,
+                first_received_at=now,
+                last_received_at=now,
+            )
+            session.add(study)
+        for field, value in (
+            ("patient_id", meta.patient_id),
+            ("patient_name", meta.patient_name),
+            ("study_date", meta.study_date),
+            ("accession_number", meta.accession_number),
+            ("description", meta.study_description),
+        ):
+            if value and not getattr(study, field):
+                setattr(study, field, value)
+        session.flush()
+        return study
+
+    def _upsert_series(self, session: Session, meta: InstanceMeta, study: Study) -> Series:
+        series = session.scalars(
+            select(Series).where(Series.series_uid == meta.series_uid)
+        ).one_or_none()
+        if series is None:
+            series = Series(
+                series_uid=meta.series_uid,
+                study_id=study.id,
+                modality=meta.modality,
+                series_number=meta.series_number,
+                description=meta.series_description,
+            )
+            session.add(series)
+            session.flush()
+        return series
+
+    @staticmethod
+    def _reopen(session: Session, study: Study | None, now: datetime) -> None:
+        """New content: the study is receiving again; a queued older version is superseded."""
+        if study is None:
+            return
+        if study.state != RECEIVING:
+            study.version += 1
+            study.state = RECEIVING
+            session.execute(
+                update(Job)
+                .where(Job.study_id == study.id, Job.state == JOB_QUEUED)
+                .values(state=JOB_SUPERSEDED, finished_at=now)
+            )
+        study.last_received_at = now
+        study.released_at = None
+
+    @staticmethod
+    def _count(session: Session, origin: Origin, *, stored: bool) -> None:
+        if origin.association_id is None:
+            return
+        column = Association.instances_stored if stored else Association.instances_failed
+        session.execute(
+            update(Association)
+            .where(Association.id == origin.association_id)
+            .values({column: column + 1})
+        )
+
+
+def record_rejection(db: Database, origin: Origin, reason: str, sop_uid: str | None) -> None:
+    """Count and audit an instance we refused, so security staff can see malformed traffic."""
+    with db.session() as session:
+        InstanceStore._count(session, origin, stored=False)
+        audit(
+            session,
+            actor=origin.calling_ae or origin.channel,
+            action="instance.rejected",
+            target=sop_uid,
+            detail={"reason": reason, "peer": origin.peer_address, "channel": origin.channel},
+        )

@@ -1,0 +1,110 @@
+"""``tamperscan serve`` and ``tamperscan status``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from storage.db import Database
+from storage.queries import list_studies
+from tamperscan.config import ConfigError, Settings, load_config
+from tamperscan.logs import setup_logging
+
+
+def add_config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="config.toml to use (default: $TAMPERSCAN_CONFIG, else ./config.toml when present, "
+        "else the built-in defaults). Any key can be overridden by an environment variable "
+        "TAMPERSCAN_<SECTION>__<KEY>, e.g. TAMPERSCAN_SCP__PORT=104.",
+    )
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    path: Path | None = args.config
+    if path is None and os.environ.get("TAMPERSCAN_CONFIG"):
+        path = Path(os.environ["TAMPERSCAN_CONFIG"])
+    if path is None and Path("config.toml").is_file():
+        path = Path("config.toml")
+    return load_config(path)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        settings = settings_from_args(args)
+    except ConfigError as exc:
+        print(f"tamperscan: refusing to start: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings.logging.level, settings.logging.format)
+    from tamperscan.service import Service  # heavy imports only when serving
+
+    try:
+        Service(settings).run_until_signalled()
+    except OSError as exc:  # e.g. the port is taken
+        print(f"tamperscan: cannot serve: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    try:
+        settings = settings_from_args(args)
+    except ConfigError as exc:
+        print(f"tamperscan: {exc}", file=sys.stderr)
+        return 2
+    db = Database(settings.storage.resolved_database_url())
+    db.migrate()
+    with db.session() as session:
+        studies = list_studies(session, limit=args.limit)
+    db.dispose()
+    if args.json:
+        print(json.dumps([s.as_dict() for s in studies], indent=2))
+        return 0
+    if not studies:
+        print("no studies received yet")
+        return 0
+    header = ("STUDY UID", "PATIENT", "MOD", "SER", "INST", "STATE", "VER", "VERDICT")
+    rows = [
+        (
+            s.study_uid,
+            s.patient_id or "",
+            "/".join(s.modalities),
+            str(s.series),
+            str(s.instances),
+            s.state,
+            str(s.version),
+            (s.verdict or "-") + (f" ({s.verdict_reason})" if s.verdict_reason else ""),
+        )
+        for s in studies
+    ]
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header) - 1)]
+    for row in (header, *rows):
+        print("  ".join(c.ljust(w) for c, w in zip(row[:-1], widths, strict=True)), row[-1])
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    serve = sub.add_parser(
+        "serve",
+        help="run the DICOM receiver, study assembly and scoring workers",
+        description="Receive studies over DICOM C-STORE, decide when each study is complete, "
+        "score it and record the verdict. Stops cleanly on SIGTERM/SIGINT.",
+    )
+    add_config_option(serve)
+    serve.set_defaults(handler=_serve)
+
+    status = sub.add_parser(
+        "status",
+        help="list received studies, their state and current verdict",
+        description="List studies newest first: instance counts, state "
+        "(receiving, queued, scoring, done, failed), version and current verdict.",
+    )
+    add_config_option(status)
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status.add_argument("--limit", type=int, default=100, help="at most this many studies")
+    status.set_defaults(handler=_status)

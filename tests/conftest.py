@@ -1,0 +1,39 @@
+"""Fixtures: an in-process service on a free loopback port, with a throwaway data folder."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tamperscan.config import Settings, load_config
+from tamperscan.service import Service
+from tests.dicom_helpers import write_config
+
+
+def make_settings(tmp_path: Path, **sections: dict[str, Any]) -> Settings:
+    path = write_config(tmp_path / "config.toml", 0, tmp_path / "data", **sections)
+    return load_config(path, environ={})
+
+
+@pytest.fixture
+def service_factory(tmp_path: Path) -> Iterator[Any]:
+    """Start in-process services (port 0 = any free port); all are stopped at the end."""
+    started: list[Service] = []
+
+    def start(**sections: dict[str, Any]) -> Service:
+        service = Service(make_settings(tmp_path, **sections))
+        service.start()
+        started.append(service)
+        return service
+
+    yield start
+    for service in started:
+        service.stop()
+
+
+@pytest.fixture
+def service(service_factory: Any) -> Service:
+    return service_factory()
