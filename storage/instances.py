@@ -151,7 +151,6 @@ class InstanceStore:
         result = StoreResult.STORED
         if instance is None:
             instance = Instance(sop_instance_uid=meta.sop_instance_uid, replaced_count=0)
-            session.add(instance)
         elif instance.sha256 == sha:
             result = StoreResult.DUPLICATE
         else:
@@ -185,6 +184,7 @@ class InstanceStore:
         instance.peer_address = origin.peer_address
         instance.association_id = origin.association_id
         instance.received_at = now
+        session.add(instance)  # only now: it is complete, so an autoflush cannot see it half-set
         self._count(session, origin, stored=True)
         session.flush()
         if result is StoreResult.REPLACED:
