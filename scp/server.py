@@ -8,6 +8,7 @@ as sent. The C-STORE handler runs in the association's thread and answers only o
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -18,6 +19,7 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.association import Association as PynetAssociation
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
+from sqlalchemy import select
 
 from scp.settings import ScpSettings
 from scp.validate import DECODE_FAILED, OUT_OF_RESOURCES, RejectedInstance, inspect_dataset
@@ -43,6 +45,8 @@ class _Session:
     calling_ae: str
     peer: str
     studies: set[int] = field(default_factory=set)
+    stored: int = 0  # counted here and written once when the association ends
+    failed: int = 0
 
 
 def build_ssl_context(settings: ScpSettings) -> ssl.SSLContext | None:
@@ -90,7 +94,20 @@ class StorageSCP:
         ae.require_calling_aet = []
         return ae
 
+    def close_stale_associations(self) -> int:
+        """Associations a previous run left open ended when it did: record them as aborted."""
+        with self.db.session() as session:
+            stale = session.scalars(select(Association).where(Association.outcome == "open")).all()
+            for record in stale:
+                record.outcome = "aborted"
+                record.ended_at = utcnow()
+                record.reject_reason = "service stopped during the association"
+        return len(stale)
+
     def start(self) -> None:
+        stale = self.close_stale_associations()
+        if stale:
+            log.warning("associations of a previous run marked aborted", extra={"count": stale})
         # Private and newer storage SOP classes a PACS forwards are accepted too; the C-STORE
         # handler still checks each dataset against its presentation context.
         _config.UNRESTRICTED_STORAGE_SERVICE = True
@@ -109,6 +126,9 @@ class StorageSCP:
             evt_handlers=handlers,
             ssl_context=build_ssl_context(self.settings),
         )
+        # Accepted sockets inherit this on Linux: each small C-STORE response goes out at
+        # once instead of waiting on Nagle's algorithm and the peer's delayed ACK (~40 ms).
+        self._server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         log.info(
             "DICOM SCP listening",
             extra={
@@ -127,10 +147,17 @@ class StorageSCP:
             return
         self._server.shutdown()
         deadline = time.monotonic() + grace_s
-        while self._ae.active_associations and time.monotonic() < deadline:
+        # Only established associations may be mid-transfer; a bare TCP connection (a port
+        # probe, a load balancer check) that never sent A-ASSOCIATE-RQ is not waited for.
+        while time.monotonic() < deadline and any(
+            assoc.is_established for assoc in self._ae.active_associations
+        ):
             time.sleep(0.05)
         for assoc in self._ae.active_associations:
-            log.warning("aborting association at shutdown", extra={"peer": assoc.requestor.address})
+            if assoc.is_established:
+                log.warning(
+                    "aborting association at shutdown", extra={"peer": assoc.requestor.address}
+                )
             assoc.abort()
         self._server = None
         log.info("DICOM SCP stopped")
@@ -204,6 +231,8 @@ class StorageSCP:
             if record is not None:
                 record.outcome = outcome
                 record.ended_at = now
+                record.instances_stored = state.stored
+                record.instances_failed = state.failed
             if outcome == "released":
                 mark_released(session, sorted(state.studies - still_open), now)
         log.info(
@@ -235,6 +264,13 @@ class StorageSCP:
             peer_address=state.peer if state else event.assoc.requestor.address,
             association_id=state.record_id if state else None,
         )
+        answer = self._receive(event, state, origin)
+        if state is not None and isinstance(answer, Dataset):
+            with self._lock:
+                state.failed += 1
+        return answer
+
+    def _receive(self, event: evt.Event, state: _Session | None, origin: Origin) -> int | Dataset:
         try:
             try:
                 dataset = event.dataset
@@ -262,6 +298,7 @@ class StorageSCP:
         if state is not None:
             with self._lock:
                 state.studies.add(outcome.study_id)
+                state.stored += 1
         log.info(
             "instance stored",
             extra={

@@ -1,8 +1,9 @@
 """Engine, sessions and migrations.
 
 SQLite (the default) runs in WAL mode with ``synchronous=FULL``, so a committed row survives
-a power cut, and every transaction starts with ``BEGIN IMMEDIATE``: writers queue on the
-busy timeout instead of failing when a read transaction tries to upgrade. Other backends get
+a power cut, and every write transaction starts with ``BEGIN IMMEDIATE``: writers queue on the
+busy timeout instead of failing when a read transaction tries to upgrade. Read-only
+sessions (``Database.reading``) take no lock, so they never hold up ingest. Other backends get
 their own defaults; nothing here is SQLite-only SQL.
 """
 
@@ -19,6 +20,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+READ_ONLY = "tamperscan_read_only"  # execution option: a read transaction takes no write lock
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -35,7 +37,8 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        readonly = connection.get_execution_options().get(READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
 
 def make_engine(url: str) -> Engine:
@@ -67,6 +70,9 @@ class Database:
         self.url = url
         self.engine = make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._read_sessions = sessionmaker(
+            self.engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False
+        )
 
     def migrate(self) -> None:
         migrate(self.engine)
@@ -76,6 +82,15 @@ class Database:
         """A transaction: committed when the block ends, rolled back if it raises."""
         with self._sessions.begin() as session:
             yield session
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A read-only transaction; it must not write (it is rolled back at the end)."""
+        with self._read_sessions() as session:
+            try:
+                yield session
+            finally:
+                session.rollback()
 
     def dispose(self) -> None:
         self.engine.dispose()

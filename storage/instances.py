@@ -25,7 +25,6 @@ from storage.models import (
     JOB_QUEUED,
     JOB_SUPERSEDED,
     RECEIVING,
-    Association,
     Instance,
     Job,
     Series,
@@ -107,13 +106,14 @@ class InstanceStore:
     def store(self, data: bytes, meta: InstanceMeta, origin: Origin) -> StoreOutcome:
         """Write ``data`` (a complete DICOM file) durably and index it; raises on failure."""
         sha = content_hash(data)
-        with self.db.session() as session:
-            known = session.scalars(
-                select(Instance).where(Instance.sop_instance_uid == meta.sop_instance_uid)
+        with self.db.reading() as session:
+            known = session.execute(
+                select(Instance.id, Instance.study_id, Instance.sha256, Instance.file_path).where(
+                    Instance.sop_instance_uid == meta.sop_instance_uid
+                )
             ).one_or_none()
-            if known is not None and known.sha256 == sha and self.path_of(known).exists():
-                self._count(session, origin, stored=True)
-                return StoreOutcome(StoreResult.DUPLICATE, known.id, known.study_id)
+        if known is not None and known.sha256 == sha and (self.root / known.file_path).exists():
+            return StoreOutcome(StoreResult.DUPLICATE, known.id, known.study_id)
         free = self.free_bytes()
         if free - len(data) < self.min_free_bytes:
             raise OutOfSpace(
@@ -185,7 +185,6 @@ class InstanceStore:
         instance.association_id = origin.association_id
         instance.received_at = now
         session.add(instance)  # only now: it is complete, so an autoflush cannot see it half-set
-        self._count(session, origin, stored=True)
         session.flush()
         if result is StoreResult.REPLACED:
             log.warning(
@@ -251,22 +250,10 @@ class InstanceStore:
         study.last_received_at = now
         study.released_at = None
 
-    @staticmethod
-    def _count(session: Session, origin: Origin, *, stored: bool) -> None:
-        if origin.association_id is None:
-            return
-        column = Association.instances_stored if stored else Association.instances_failed
-        session.execute(
-            update(Association)
-            .where(Association.id == origin.association_id)
-            .values({column: column + 1})
-        )
-
 
 def record_rejection(db: Database, origin: Origin, reason: str, sop_uid: str | None) -> None:
     """Count and audit an instance we refused, so security staff can see malformed traffic."""
     with db.session() as session:
-        InstanceStore._count(session, origin, stored=False)
         audit(
             session,
             actor=origin.calling_ae or origin.channel,

@@ -121,6 +121,13 @@ def test_dcmtk_peers_store_and_echo(
     server = server_factory(scp={"allowed_calling_aets": ["STORESCU", "ECHOSCU"]}).start()
     port = str(server.port)
     assert dcmtk("echoscu", "-aec", "TAMPERSCAN", "127.0.0.1", port).returncode == 0
+    health = [sys.executable, "-m", "tamperscan.cli", "echo", "--config", str(server.config)]
+    refused = subprocess.run(health, capture_output=True, text=True, cwd=REPO)
+    assert refused.returncode == 1 and "association rejected" in refused.stderr
+    allowed = subprocess.run(
+        [*health, "--aet", "ECHOSCU"], capture_output=True, text=True, cwd=REPO
+    )
+    assert allowed.returncode == 0, allowed.stderr
     sends = [
         (["-xw"], "693_J2KI.dcm"),  # 512x512 CT, JPEG 2000
         (["-xv"], "J2K_pixelrep_mismatch.dcm"),  # 512x512 CT, JPEG 2000 lossless
@@ -163,10 +170,10 @@ def test_dcmtk_peers_store_and_echo(
     assert refused.returncode != 0
     assert "Association Rejected" in refused.stderr or "rejected" in refused.stderr.lower()
     with server.db.session() as session:
-        audit = session.scalars(
-            select(AuditEvent).where(AuditEvent.action == "association.rejected")
-        ).one()
-        assert audit.actor == "INTRUDER"
+        actors = session.scalars(
+            select(AuditEvent.actor).where(AuditEvent.action == "association.rejected")
+        ).all()
+        assert sorted(actors) == ["HEALTHCHECK", "INTRUDER"]
     assert server.stop() == 0
 
 

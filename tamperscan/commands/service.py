@@ -88,6 +88,24 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _echo(args: argparse.Namespace) -> int:
+    from scp.echo import echo
+
+    try:
+        settings = settings_from_args(args)
+    except ConfigError as exc:
+        print(f"tamperscan: {exc}", file=sys.stderr)
+        return 2
+    host = args.host or (
+        "127.0.0.1" if settings.scp.host in ("0.0.0.0", "::") else settings.scp.host
+    )
+    port = args.port or settings.scp.port
+    called = args.aec or settings.scp.ae_title
+    result = echo(host, port, called, calling_aet=args.aet, timeout=args.timeout)
+    print(result.detail, file=sys.stdout if result.ok else sys.stderr)
+    return 0 if result.ok else 1
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     serve = sub.add_parser(
         "serve",
@@ -108,3 +126,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     status.add_argument("--limit", type=int, default=100, help="at most this many studies")
     status.set_defaults(handler=_status)
+
+    echo = sub.add_parser(
+        "echo",
+        help="send a C-ECHO to the service (or any DICOM node): a health check",
+        description="Open an association and send C-ECHO. Exit status 0 when the node answers "
+        "success, 1 otherwise. Without --host/--port/--aec it checks this service's own SCP.",
+    )
+    add_config_option(echo)
+    echo.add_argument("--host", help="node to check (default: this service)")
+    echo.add_argument("--port", type=int, help="its DICOM port (default: [scp] port)")
+    echo.add_argument("--aec", help="its AE title (default: [scp] ae_title)")
+    echo.add_argument("--aet", default="HEALTHCHECK", help="our calling AE title")
+    echo.add_argument("--timeout", type=float, default=10, help="seconds to wait")
+    echo.set_defaults(handler=_echo)
