@@ -186,6 +186,62 @@ class Verdict(Base):
     is_current: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     details: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # The report's UIDs are fixed once, so every (re)delivery sends the same SR.
+    sr_series_uid: Mapped[str | None] = mapped_column(String(64))
+    sr_sop_instance_uid: Mapped[str | None] = mapped_column(String(64))
+
+    regions: Mapped[list[Region]] = relationship(back_populates="verdict")
+
+
+# Where a region to check came from.
+REGION_SOURCES = ("proposal", "window", "csv", "admin")
+
+
+class Region(Base):
+    """One checked location of one verdict: recorded whether flagged or not."""
+
+    __tablename__ = "region"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    verdict_id: Mapped[int] = mapped_column(ForeignKey("verdict.id"), index=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("study.id"), index=True)
+    series_uid: Mapped[str] = mapped_column(String(64))
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    x: Mapped[int] = mapped_column(Integer)  # column
+    y: Mapped[int] = mapped_column(Integer)  # row
+    radius_px: Mapped[float | None] = mapped_column(Float)
+    source: Mapped[str] = mapped_column(String(16))
+    # {detector name: {"raw": score, "p": calibrated tail probability, "model": version}}
+    scores: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    p_value: Mapped[float | None] = mapped_column(Float)  # fused over detectors
+    flagged: Mapped[bool] = mapped_column(Boolean, default=False)
+    heatmap_path: Mapped[str | None] = mapped_column(String(512))  # relative to data_dir
+
+    verdict: Mapped[Verdict] = relationship(back_populates="regions")
+
+
+# Delivery states of a report to one destination.
+DELIVERY_PENDING, DELIVERY_DONE, DELIVERY_FAILED = "pending", "delivered", "failed"
+
+
+class Delivery(Base):
+    """A report on its way to one configured destination; retried, never dropped."""
+
+    __tablename__ = "delivery"
+    __table_args__ = (
+        UniqueConstraint("verdict_id", "destination", name="uq_delivery_verdict_destination"),
+        Index("ix_delivery_state_next", "state", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    verdict_id: Mapped[int] = mapped_column(ForeignKey("verdict.id"), index=True)
+    destination: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), default=DELIVERY_PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class AuditEvent(Base):
