@@ -89,7 +89,10 @@ class Service:
         previous = {sig: signal.signal(sig, _handler) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             self.start()
-            signalled.wait()
+            # Wake up regularly: the kernel may deliver the signal to another thread, and
+            # Python runs handlers only when the main thread executes bytecode.
+            while not signalled.wait(0.5):
+                pass
         finally:
             self.stop()
             for sig, handler in previous.items():
