@@ -234,3 +234,16 @@ def test_same_uid_new_bytes_keeps_newest_and_records_it(service: Service, tmp_pa
         assert event.target == sop
         study_row = session.scalars(select(Study)).one()
         assert study_row.patient_id == "TEST-0001"
+
+
+def test_association_limit_from_config(service_factory: Any) -> None:
+    service = service_factory(scp={"max_associations": 1})
+    first = associate(service)
+    assert first.is_established
+    second = associate(service)
+    assert second.is_rejected  # rejected-transient, local limit exceeded
+    assert second.acceptor.primitive.result == 0x02
+    first.release()
+    third = associate(service)
+    assert third.is_established
+    third.release()
