@@ -82,6 +82,7 @@ class ScoringWorker:
                 self.clock(),
                 result.score,
                 result.details,
+                result.regions,
             )
         log.info(
             "verdict recorded",

@@ -87,3 +87,147 @@ class ScpSettings(BaseModel):
         if isinstance(peer, ipaddress.IPv6Address) and peer.ipv4_mapped is not None:
             peer = peer.ipv4_mapped
         return any(peer in ipaddress.ip_network(net, strict=False) for net in self.allowed_hosts)
+
+
+# -- Results back to the PACS (issue 5): [reports], [delivery], [dicomweb] ----------------------
+
+
+class ReportSettings(BaseModel):
+    """What goes into the Structured Report (and optional key images) of each verdict."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    send_not_scored: bool = Field(
+        True, description="Also report verdicts that could not be scored, with the reason."
+    )
+    include_checked_regions: bool = Field(
+        False, description="List every checked region, not only the flagged ones."
+    )
+    key_images: bool = Field(
+        False, description="Add a Secondary Capture key image per flagged region."
+    )
+    series_number: int = Field(9901, ge=1, description="Series Number of our SR series.")
+    institution_name: str = Field("", description="Institution Name written into the SR.")
+
+
+class ClientTlsSettings(BaseModel):
+    """TLS when we call a DICOM destination."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    ca_file: Path | None = Field(None, description="CA that signed the destination's certificate.")
+    cert_file: Path | None = Field(None, description="Our client certificate (mutual TLS).")
+    key_file: Path | None = Field(None, description="Our client key (mutual TLS).")
+
+    @model_validator(mode="after")
+    def _files_exist(self) -> ClientTlsSettings:
+        if self.enabled:
+            if (self.cert_file is None) != (self.key_file is None):
+                raise ValueError("cert_file and key_file go together")
+            for path in (self.ca_file, self.cert_file, self.key_file):
+                if path is not None and not path.is_file():
+                    raise ValueError(f"file not found: {path}")
+        return self
+
+
+def _check_destination_name(value: str) -> str:
+    if not 1 <= len(value) <= 64 or not value.replace("-", "").replace("_", "").isalnum():
+        raise ValueError("must be 1 to 64 letters, digits, '-' or '_'")
+    return value
+
+
+class DicomDestination(BaseModel):
+    """A DICOM peer (the PACS) that receives our reports by C-STORE."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Unique name; deliveries are recorded under it.")
+    ae_title: str = Field(description="The destination's AE title.")
+    host: str
+    port: int = Field(ge=1, le=65535)
+    calling_ae_title: str = Field("TAMPERSCAN", description="Our AE title when calling.")
+    timeout_s: float = Field(30.0, gt=0)
+    tls: ClientTlsSettings = Field(default_factory=ClientTlsSettings)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _check_destination_name(value)
+
+    @field_validator("ae_title", "calling_ae_title")
+    @classmethod
+    def _aets(cls, value: str) -> str:
+        return ScpSettings._ae_title(value)
+
+
+class DicomwebDestination(BaseModel):
+    """A DICOMweb server that receives our reports by STOW-RS."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Unique name; deliveries are recorded under it.")
+    url: str = Field(description="Base URL of the DICOMweb service; we POST to <url>/studies.")
+    auth_header: str = Field(
+        "", description='Authorization header value, e.g. "Bearer ..."; empty sends none.'
+    )
+    timeout_s: float = Field(30.0, gt=0)
+    verify_tls: bool = Field(True, description="Check the server's HTTPS certificate.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _check_destination_name(value)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+
+class DeliverySettings(BaseModel):
+    """Where reports go, and how hard we try before a delivery shows as failed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dicom: list[DicomDestination] = Field(default_factory=list)
+    dicomweb: list[DicomwebDestination] = Field(default_factory=list)
+    max_attempts: int = Field(8, ge=1, description="Attempts before a delivery shows as failed.")
+    backoff_initial_s: float = Field(10.0, gt=0, description="Wait after the first failure.")
+    backoff_max_s: float = Field(3600.0, gt=0, description="Longest wait between attempts.")
+    poll_interval_s: float = Field(2.0, gt=0, description="How often the queue is checked.")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> DeliverySettings:
+        names = [d.name for d in self.dicom] + [d.name for d in self.dicomweb]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"destination names must be unique: {', '.join(duplicates)}")
+        return self
+
+    def destination_names(self) -> list[str]:
+        return [d.name for d in self.dicom] + [d.name for d in self.dicomweb]
+
+
+class DicomwebSettings(BaseModel):
+    """The STOW-RS endpoint a DICOMweb-only PACS forwards studies to."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="Serve POST /dicom-web/studies on the HTTP server.")
+    allowed_hosts: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1/32", "::1/128"],
+        description="Client addresses or networks (CIDR) accepted; empty accepts any.",
+    )
+    bearer_token: str = Field("", description="When set, requests must carry this token.")
+    max_request_mb: int = Field(2048, ge=1, description="Largest request body accepted.")
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, values: list[str]) -> list[str]:
+        return ScpSettings._hosts(values)
+
+    def host_allowed(self, address: str) -> bool:
+        return ScpSettings.model_construct(allowed_hosts=self.allowed_hosts).host_allowed(address)

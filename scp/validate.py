@@ -89,6 +89,14 @@ def _check_pixel_length(ds: Dataset, transfer_syntax: UID) -> None:
         )
 
 
+SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"  # all Secondary Capture classes
+
+
+def is_source_image(ds: Dataset, sop_class: str) -> bool:
+    """Pixels from a scanner: what verdicts are about (not SR, not derived screenshots)."""
+    return "PixelData" in ds and not sop_class.startswith(SECONDARY_CAPTURE_PREFIX)
+
+
 def inspect_dataset(
     ds: Dataset,
     transfer_syntax: str,
@@ -121,6 +129,7 @@ def inspect_dataset(
         exc.sop_instance_uid = sop_uid
         raise
     return InstanceMeta(
+        is_source_image=is_source_image(ds, sop_class),
         sop_instance_uid=sop_uid,
         sop_class_uid=sop_class,
         study_uid=study_uid,

@@ -85,12 +85,9 @@ class Database:
 
     @contextmanager
     def reading(self) -> Iterator[Session]:
-        """A read-only transaction; it must not write (it is rolled back at the end)."""
+        """A read-only transaction; it must not write. Loaded objects stay usable afterwards."""
         with self._read_sessions() as session:
-            try:
-                yield session
-            finally:
-                session.rollback()
+            yield session
 
     def dispose(self) -> None:
         self.engine.dispose()

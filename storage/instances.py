@@ -53,6 +53,9 @@ class InstanceMeta:
     study_date: str | None = None
     accession_number: str | None = None
     study_description: str | None = None
+    # An original image a verdict is about. Reports, key objects and secondary captures
+    # (our own SR echoed back by the PACS among them) never re-open a scored study.
+    is_source_image: bool = True
 
 
 @dataclass(frozen=True)
@@ -167,10 +170,12 @@ class InstanceStore:
                     "peer": origin.peer_address,
                 },
             )
-            if instance.study_id != study.id:
+            if instance.study_id != study.id and meta.is_source_image:
                 self._reopen(session, session.get(Study, instance.study_id), now)
             instance.replaced_count += 1
-        if result is not StoreResult.DUPLICATE:
+        if result is not StoreResult.DUPLICATE and (
+            meta.is_source_image or study.state == RECEIVING
+        ):
             self._reopen(session, study, now)
         instance.study_id = study.id
         instance.series_id = series.id

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -30,11 +31,28 @@ from storage.models import (
     SCORING,
     VERDICT_OUTCOMES,
     Job,
+    Region,
     Study,
     Verdict,
 )
 
 SCORE = "score"
+
+
+@dataclass(frozen=True)
+class RegionRecord:
+    """One checked location, as the scorer hands it over (see ``models.Region``)."""
+
+    series_uid: str
+    sop_instance_uid: str
+    x: int
+    y: int
+    source: str
+    radius_px: float | None = None
+    scores: dict[str, Any] | None = None
+    p_value: float | None = None
+    flagged: bool = False
+    heatmap_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -227,8 +245,13 @@ def finish_job(
     now: datetime,
     score: float | None = None,
     details: dict[str, Any] | None = None,
+    regions: Sequence[RegionRecord] = (),
 ) -> Verdict:
+    """Record the verdict with every region it checked, and close the job, in one commit."""
     verdict = record_verdict(session, job, outcome, reason, now, score, details)
+    session.add_all(
+        Region(verdict_id=verdict.id, study_id=job.study_id, **asdict(region)) for region in regions
+    )
     session.execute(
         update(Job)
         .where(Job.id == job.id)

@@ -68,3 +68,28 @@ def list_studies(session: Session, limit: int = 100) -> list[StudySummary]:
         )
         for study, instances, series, outcome, reason in rows
     ]
+
+
+@dataclass(frozen=True)
+class SeriesFiles:
+    """One series of a study and the files of its instances (relative to the instance root)."""
+
+    series_uid: str
+    modality: str
+    files: list[tuple[str, str]]  # (SOP Instance UID, file path)
+
+
+def study_series_files(session: Session, study_id: int) -> list[SeriesFiles]:
+    rows = session.execute(
+        select(Series.series_uid, Series.modality, Instance.sop_instance_uid, Instance.file_path)
+        .join(Instance, Instance.series_id == Series.id)
+        .where(Series.study_id == study_id)
+        .order_by(Series.series_uid, Instance.instance_number, Instance.id)
+    ).all()
+    grouped: dict[str, SeriesFiles] = {}
+    for series_uid, modality, sop_uid, path in rows:
+        entry = grouped.setdefault(
+            series_uid, SeriesFiles(series_uid, (modality or "").upper(), [])
+        )
+        entry.files.append((sop_uid, path))
+    return list(grouped.values())

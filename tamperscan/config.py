@@ -18,8 +18,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from admin.settings import AdminSettings
-from detector.settings import WorkerSettings
-from scp.settings import ScpSettings
+from detector.settings import DetectorSettings, WorkerSettings
+from scp.settings import DeliverySettings, DicomwebSettings, ReportSettings, ScpSettings
 from storage.settings import AssemblySettings, StorageSettings
 
 ENV_PREFIX = "TAMPERSCAN_"
@@ -39,7 +39,11 @@ class Settings(BaseModel):
     storage: StorageSettings = Field(default_factory=StorageSettings)
     assembly: AssemblySettings = Field(default_factory=AssemblySettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    detector: DetectorSettings = Field(default_factory=DetectorSettings)
     admin: AdminSettings = Field(default_factory=AdminSettings)
+    reports: ReportSettings = Field(default_factory=ReportSettings)
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)
+    dicomweb: DicomwebSettings = Field(default_factory=DicomwebSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
 
@@ -103,7 +107,9 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
         }
     )
     scp = settings.scp.model_copy(update={"tls": tls})
-    return settings.model_copy(update={"storage": storage, "scp": scp})
+    models = [absolute(path) for path in settings.detector.models]
+    detector = settings.detector.model_copy(update={"models": models})
+    return settings.model_copy(update={"storage": storage, "scp": scp, "detector": detector})
 
 
 def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> Settings:
@@ -125,9 +131,14 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
         base = path.resolve().parent
     sources = _apply_env(data, environ)
     # TLS files are checked relative to the config folder, so resolve before validating.
-    tls = data.get("scp", {}).get("tls") if isinstance(data.get("scp"), dict) else None
-    if isinstance(tls, dict):
-        for key in ("cert_file", "key_file", "client_ca_file"):
+    tls_sections = [data.get("scp", {}).get("tls") if isinstance(data.get("scp"), dict) else None]
+    delivery = data.get("delivery")
+    if isinstance(delivery, dict) and isinstance(delivery.get("dicom"), list):
+        tls_sections += [d.get("tls") for d in delivery["dicom"] if isinstance(d, dict)]
+    for tls in tls_sections:
+        if not isinstance(tls, dict):
+            continue
+        for key in ("cert_file", "key_file", "client_ca_file", "ca_file"):
             if isinstance(tls.get(key), str) and tls[key] and not Path(tls[key]).is_absolute():
                 tls[key] = str(base / tls[key])
             elif tls.get(key) == "":

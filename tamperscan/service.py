@@ -1,9 +1,10 @@
 """``tamperscan serve``: the SCP, study assembly and scoring workers in one process.
 
 Start order follows the data: database (migrated), leftovers of a crash cleaned, then the
-consumers (assembler, workers), then the SCP that feeds them. Stop order is the reverse:
-stop accepting, let running associations finish their writes, stop the consumers; queued
-jobs stay in the database for the next start.
+consumers (assembler, workers, report dispatcher), then the inputs that feed them (the SCP,
+then the HTTP server with STOW-RS). Stop order is the reverse: stop accepting (HTTP first,
+then DICOM), let running requests and associations finish their writes, stop the consumers;
+queued jobs and deliveries stay in the database for the next start.
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ import signal
 import threading
 from types import FrameType
 
-from detector.study_scoring import StudyScorer
+from admin.http import HttpServer, create_app
+from detector.study_scoring import ModelSet, StudyScorer
 from detector.worker import ScoringWorker
+from scp.dicomweb import StowService
+from scp.dispatch import Dispatcher
 from scp.server import StorageSCP
 from storage.assembly import StudyAssembler
 from storage.db import Database
@@ -33,6 +37,11 @@ class Service:
         self.db = Database(settings.storage.resolved_database_url())
         self.store = InstanceStore(self.db, settings.storage.data_dir, settings.storage.min_free_mb)
         self.scp = StorageSCP(settings.scp, self.db, self.store)
+        routers = []
+        if settings.dicomweb.enabled:
+            routers.append(StowService(self.db, self.store, settings.dicomweb).router())
+        self.app = create_app(routers)
+        self.http = HttpServer(self.app, settings.admin.host, settings.admin.port)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -55,11 +64,20 @@ class Service:
         assembler = StudyAssembler(self.db, settings.assembly)
         self._spawn("assembler", assembler.run)
         if settings.worker.enabled:
-            scorer = StudyScorer(self.db)
+            models = ModelSet.load(
+                settings.detector.models, settings.detector.device, settings.detector.batch_size
+            )
+            scorer = StudyScorer(self.db, settings.storage.data_dir, settings.detector, models)
             for n in range(settings.worker.concurrency):
                 worker = ScoringWorker(self.db, scorer, settings.worker, name=f"worker-{n + 1}")
                 self._spawn(f"worker-{n + 1}", worker.run)
+        if settings.delivery.destination_names():
+            dispatcher = Dispatcher(
+                self.db, settings.storage.data_dir, settings.reports, settings.delivery
+            )
+            self._spawn("dispatcher", dispatcher.run)
         self.scp.start()
+        self.http.start()
 
     def _safe_url(self) -> str:
         return self.db.engine.url.render_as_string(hide_password=True)
@@ -71,6 +89,7 @@ class Service:
 
     def stop(self) -> None:
         log.info("shutting down")
+        self.http.stop()
         self.scp.stop()
         self._stop.set()
         for thread in self._threads:

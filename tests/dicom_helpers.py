@@ -119,6 +119,7 @@ def write_config(path: Path, port: int, data_dir: Path, **sections: dict[str, ob
         "storage": {"data_dir": str(data_dir), "min_free_mb": 0},
         "assembly": {"stable_age_s": 2.0, "released_age_s": 1.0, "poll_interval_s": 0.2},
         "worker": {"poll_interval_s": 0.2},
+        "admin": {"port": 0},  # the HTTP server (STOW-RS) on a free port, never a fixed one
     }
     for name, values in sections.items():
         base.setdefault(name, {}).update(values)

@@ -236,3 +236,23 @@ def test_leases_of_a_dead_process_on_this_host_are_released(
     with db.session() as session:
         assert release_dead_leases(session, clock()) == 0  # our own, alive
         assert session.scalars(select(Job)).one().state == JOB_RUNNING
+
+
+def test_report_arriving_after_scoring_does_not_reopen_the_study(
+    store: InstanceStore, db: Database, clock: Clock
+) -> None:
+    from dataclasses import replace
+
+    assembler = StudyAssembler(db, AssemblySettings(stable_age_s=10, released_age_s=5), clock)
+    store.store(b"image", meta("1.2.3.4.1"), ORIGIN)
+    clock.advance(11)
+    assembler.tick()
+    # Our own SR comes back from the PACS: stored and indexed, but no new version to score.
+    report = replace(meta("1.2.3.9.9", series="1.2.3.9"), is_source_image=False)
+    assert store.store(b"sr", report, ORIGIN).result is StoreResult.STORED
+    with db.session() as session:
+        study = session.get(Study, 1)
+        assert (study.state, study.version) == (QUEUED, 1)
+    store.store(b"late image", meta("1.2.3.4.2"), ORIGIN)  # a real late image still does
+    with db.session() as session:
+        assert session.get(Study, 1).version == 2

@@ -45,9 +45,12 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         Service(settings).run_until_signalled()
-    except OSError as exc:  # e.g. the port is taken
+    except OSError as exc:  # e.g. the port is taken, a model file is missing
         print(f"tamperscan: cannot serve: {exc}", file=sys.stderr)
         return 1
+    except ValueError as exc:  # a checkpoint of the wrong layout or modality
+        print(f"tamperscan: refusing to start: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

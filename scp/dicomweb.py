@@ -1,0 +1,278 @@
+"""DICOMweb STOW-RS in: ``POST /dicom-web/studies[/{study}]``, for a DICOMweb-only PACS.
+
+Feeds the same ingest path as C-STORE: each part is checked with ``scp.validate.inspect_dataset``
+and stored with ``InstanceStore.store`` (file fsynced, index row committed) before it is
+counted as stored, so a part that fails any check is never half accepted. The answer is a
+PS3.18 STOW-RS response: a DICOM JSON dataset with a ReferencedSOPSequence (stored) and a
+FailedSOPSequence (refused, with the same Failure Reason codes C-STORE would answer), HTTP 200
+when all were stored, 202 when some were, 409 when none were. ``Warning`` headers carry the
+reasons as text. Protected like the SCP: a client-address allow-list and an optional bearer
+token. A request counts as one finished transfer (like an A-RELEASE) for study assembly.
+"""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import hmac
+import logging
+from dataclasses import dataclass
+from email.message import EmailMessage
+from io import BytesIO
+
+import pydicom
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from starlette.concurrency import run_in_threadpool
+
+from scp.settings import DicomwebSettings
+from scp.validate import (
+    DATASET_MISMATCH,
+    DECODE_FAILED,
+    OUT_OF_RESOURCES,
+    RejectedInstance,
+    inspect_dataset,
+)
+from storage.audit import audit
+from storage.db import Database
+from storage.instances import InstanceStore, Origin, OutOfSpace, record_rejection
+from storage.jobs import mark_released
+from storage.models import utcnow
+
+log = logging.getLogger(__name__)
+
+DICOM_JSON = "application/dicom+json"
+MAX_WARNINGS = 20
+
+
+@dataclass
+class PartResult:
+    sop_class_uid: str
+    sop_instance_uid: str
+    failure: int | None = None  # None: stored
+    reason: str = ""
+    study_id: int | None = None
+
+
+def parse_multipart(content_type: str, body: bytes) -> list[EmailMessage]:
+    """The parts of a multipart/related body (Python's email parser, not hand-rolled)."""
+    head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1")
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
+    if not message.is_multipart():
+        raise ValueError("the body is not multipart")
+    if not message.get_boundary():
+        raise ValueError("the Content-Type has no boundary")
+    parts = [p for p in message.iter_parts() if isinstance(p, EmailMessage)]
+    if not parts:
+        raise ValueError("no parts found (wrong boundary, or the body is cut short)")
+    return parts
+
+
+def _text_failure(part: int, reason: str) -> PartResult:
+    return PartResult("", "", DECODE_FAILED, f"part {part}: {reason}")
+
+
+class StowService:
+    """The STOW-RS endpoint's logic, separate from HTTP so each step stays testable."""
+
+    def __init__(self, db: Database, store: InstanceStore, settings: DicomwebSettings) -> None:
+        self.db = db
+        self.store = store
+        self.settings = settings
+
+    def router(self) -> APIRouter:
+        router = APIRouter(prefix="/dicom-web", tags=["dicomweb"])
+        router.add_api_route("/studies", self._post, methods=["POST"])
+        router.add_api_route("/studies/{study_uid}", self._post, methods=["POST"])
+        return router
+
+    async def _post(self, request: Request, study_uid: str | None = None) -> Response:
+        peer = request.client.host if request.client else "?"
+        refusal = self._check_access(request, peer)
+        if refusal is not None:
+            return refusal
+        content_type = request.headers.get("content-type", "")
+        media = content_type.split(";")[0].strip().lower()
+        if media != "multipart/related" or "application/dicom" not in content_type.lower():
+            return _problem(415, 'expected multipart/related; type="application/dicom"', peer)
+        limit = self.settings.max_request_mb * 1024 * 1024
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return _problem(413, f"request larger than {self.settings.max_request_mb} MiB", peer)
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                return _problem(
+                    413, f"request larger than {self.settings.max_request_mb} MiB", peer
+                )
+            chunks.append(chunk)
+        body = b"".join(chunks)
+        try:
+            parts = parse_multipart(content_type, body)
+        except ValueError as exc:
+            return _problem(400, f"malformed multipart/related body: {exc}", peer)
+        results = await run_in_threadpool(self.ingest, parts, peer, study_uid)
+        return self._response(results)
+
+    def _check_access(self, request: Request, peer: str) -> Response | None:
+        if not self.settings.host_allowed(peer):
+            self._audit_refusal(peer, f"host {peer} not in dicomweb.allowed_hosts")
+            return _problem(403, "client address not allowed", peer)
+        token = self.settings.bearer_token
+        if token:
+            given = request.headers.get("authorization", "")
+            scheme, _, value = given.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                value.strip().encode(), token.encode()
+            ):
+                self._audit_refusal(peer, "missing or wrong bearer token")
+                response = _problem(401, "a valid bearer token is required", peer)
+                response.headers["WWW-Authenticate"] = 'Bearer realm="tamperscan"'
+                return response
+        return None
+
+    def _audit_refusal(self, peer: str, reason: str) -> None:
+        log.warning("STOW-RS request refused", extra={"peer": peer, "reason": reason})
+        with self.db.session() as session:
+            audit(
+                session,
+                actor="stow",
+                action="stow.rejected",
+                target=peer,
+                detail={"reason": reason},
+            )
+
+    def ingest(
+        self, parts: list[EmailMessage], peer: str, study_uid: str | None
+    ) -> list[PartResult]:
+        """Check and store each part like a C-STORE; a finished request releases its studies."""
+        origin = Origin(channel="stow", peer_address=peer)
+        results = [self._ingest_part(n, part, origin, study_uid) for n, part in enumerate(parts, 1)]
+        stored = sorted({r.study_id for r in results if r.study_id is not None})
+        if stored:
+            with self.db.session() as session:
+                mark_released(session, stored, utcnow())
+        return results
+
+    def _ingest_part(
+        self, n: int, part: EmailMessage, origin: Origin, study_uid: str | None
+    ) -> PartResult:
+        if part.get_content_type() != "application/dicom":
+            result = _text_failure(
+                n, f"media type {part.get_content_type()} is not application/dicom"
+            )
+            self._refused(origin, result)
+            return result
+        payload = part.get_payload(decode=True)
+        if not isinstance(payload, bytes) or not payload:
+            result = _text_failure(n, "empty part")
+            self._refused(origin, result)
+            return result
+        sop_class = sop_uid = ""
+        try:
+            try:
+                ds = pydicom.dcmread(BytesIO(payload))
+                transfer_syntax = ds.file_meta.TransferSyntaxUID
+            except (InvalidDicomError, AttributeError) as exc:
+                raise RejectedInstance(
+                    DECODE_FAILED, f"part {n} is not a DICOM file (PS3.10): {exc}"
+                ) from exc
+            except Exception as exc:  # pydicom raises many types for broken data
+                raise RejectedInstance(DECODE_FAILED, f"part {n} cannot be read: {exc}") from exc
+            sop_class = str(ds.get("SOPClassUID", "") or "")
+            sop_uid = str(ds.get("SOPInstanceUID", "") or "")
+            meta_class = str(ds.file_meta.get("MediaStorageSOPClassUID", "") or "")
+            meta = inspect_dataset(ds, transfer_syntax, negotiated_sop_class=meta_class or None)
+            if study_uid is not None and meta.study_uid != study_uid:
+                raise RejectedInstance(
+                    DATASET_MISMATCH,
+                    f"Study Instance UID {meta.study_uid} is not the requested {study_uid}",
+                    meta.sop_instance_uid,
+                )
+            outcome = self.store.store(payload, meta, origin)
+        except RejectedInstance as exc:
+            result = PartResult(sop_class, exc.sop_instance_uid or sop_uid, exc.status, exc.reason)
+            self._refused(origin, result)
+            return result
+        except OutOfSpace as exc:
+            result = PartResult(
+                sop_class, sop_uid, OUT_OF_RESOURCES, f"out of storage space: {exc}"
+            )
+            self._refused(origin, result)
+            return result
+        except OSError as exc:
+            log.exception("could not write a STOW-RS instance")
+            result = PartResult(sop_class, sop_uid, OUT_OF_RESOURCES, f"could not store: {exc}")
+            self._refused(origin, result)
+            return result
+        log.info(
+            "instance stored",
+            extra={
+                "result": outcome.result.value,
+                "sop": meta.sop_instance_uid,
+                "study": meta.study_uid,
+                "channel": "stow",
+                "peer": origin.peer_address,
+                "transfer_syntax": meta.transfer_syntax_uid,
+            },
+        )
+        return PartResult(meta.sop_class_uid, meta.sop_instance_uid, study_id=outcome.study_id)
+
+    def _refused(self, origin: Origin, result: PartResult) -> None:
+        log.warning(
+            "instance refused",
+            extra={
+                "status": f"0x{result.failure or 0:04X}",
+                "reason": result.reason,
+                "sop": result.sop_instance_uid,
+                "channel": "stow",
+                "peer": origin.peer_address,
+            },
+        )
+        try:
+            record_rejection(self.db, origin, result.reason, result.sop_instance_uid or None)
+        except Exception:
+            log.exception("could not audit a refused instance")
+
+    @staticmethod
+    def _response(results: list[PartResult]) -> Response:
+        answer = Dataset()
+        stored = [r for r in results if r.failure is None]
+        failed = [r for r in results if r.failure is not None]
+        if stored:
+            answer.ReferencedSOPSequence = [
+                _sop_item(r.sop_class_uid, r.sop_instance_uid) for r in stored
+            ]
+        if failed:
+            items = []
+            for r in failed:
+                item = _sop_item(r.sop_class_uid, r.sop_instance_uid)
+                item.FailureReason = r.failure
+                items.append(item)
+            answer.FailedSOPSequence = items
+        status = 200 if not failed else (202 if stored else 409)
+        response = JSONResponse(answer.to_json_dict(), status_code=status, media_type=DICOM_JSON)
+        for r in failed[:MAX_WARNINGS]:
+            text = f"{r.sop_instance_uid or '?'}: {r.reason}".replace('"', "'")
+            text = text.encode("ascii", "replace").decode("ascii")[:300]
+            response.headers.append("Warning", f'299 tamperscan "{text}"')
+        return response
+
+
+def _sop_item(sop_class: str, sop_instance: str) -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPClassUID = sop_class
+    item.ReferencedSOPInstanceUID = sop_instance
+    return item
+
+
+def _problem(status: int, detail: str, peer: str) -> JSONResponse:
+    if status >= 500 or status in (400, 413, 415):
+        log.warning(
+            "STOW-RS request refused", extra={"status": status, "detail": detail, "peer": peer}
+        )
+    return JSONResponse({"detail": detail}, status_code=status)
