@@ -228,9 +228,12 @@ class OneStep:
         self._coef = {
             name: float(getattr(d, name)[t])
             for name in (
-                "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod",
-                "posterior_mean_coef1", "posterior_mean_coef2",
-                "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
+                "sqrt_recip_alphas_cumprod",
+                "sqrt_recipm1_alphas_cumprod",
+                "posterior_mean_coef1",
+                "posterior_mean_coef2",
+                "sqrt_alphas_cumprod",
+                "sqrt_one_minus_alphas_cumprod",
             )
         }
 
@@ -324,8 +327,14 @@ class BTDDetector:
         """Same weights, other timestep/reduction (the calibration is dropped if t changes)."""
         calibration = self.calibration if scoring == self.scoring else None
         return BTDDetector(
-            self.diffusion, self.prep, scoring, calibration, self.step.device,
-            self.step.precision, self.batch_size, self.info,
+            self.diffusion,
+            self.prep,
+            scoring,
+            calibration,
+            self.step.device,
+            self.step.precision,
+            self.batch_size,
+            self.info,
         )
 
     def residual_maps(self, patches: np.ndarray) -> np.ndarray:
@@ -403,7 +412,13 @@ def btd_from_checkpoint(
     if ckpt.calibration is not None and calibration is None:
         log.warning("%s: scoring overridden (%s); stored calibration dropped", ckpt.path, chosen)
     return BTDDetector(
-        diffusion, ckpt.preprocessing, chosen, calibration, device, precision, batch_size,
+        diffusion,
+        ckpt.preprocessing,
+        chosen,
+        calibration,
+        device,
+        precision,
+        batch_size,
         info=ckpt.describe(),
     )
 
@@ -411,12 +426,24 @@ def btd_from_checkpoint(
 def create(model_path: Path | str | None, modality: str | None = None) -> Any:
     """Registry factory ``(model_path, modality) -> Detector`` (see :mod:`detector.registry`)."""
     if model_path is None:
-        raise ValueError("the BTD detector needs a checkpoint: pass --model-path")
+        raise ValueError(
+            f"the BTD detector needs a checkpoint for {modality or 'this modality'}: "
+            "give one with --model (tamperscan train writes them)"
+        )
     return load_btd(str(model_path), modality)
 
 
 __all__ = [
-    "BTDDetector", "BTDModelConfig", "BTDScoring", "OneStep", "btd_from_checkpoint",
-    "build_diffusion", "create",
-    "default_preprocessing", "fast_eps", "load_btd", "reduce_residual", "reference_residual",
+    "BTDDetector",
+    "BTDModelConfig",
+    "BTDScoring",
+    "OneStep",
+    "btd_from_checkpoint",
+    "build_diffusion",
+    "create",
+    "default_preprocessing",
+    "fast_eps",
+    "load_btd",
+    "reduce_residual",
+    "reference_residual",
 ]

@@ -67,7 +67,7 @@ def ema_weights(ema_state: dict[str, Any] | None) -> dict[str, torch.Tensor] | N
     """The EMA model's own state dict out of an ``ema_pytorch.EMA`` state dict."""
     if not ema_state:
         return None
-    weights = {k[len(EMA_PREFIX):]: v for k, v in ema_state.items() if k.startswith(EMA_PREFIX)}
+    weights = {k[len(EMA_PREFIX) :]: v for k, v in ema_state.items() if k.startswith(EMA_PREFIX)}
     return weights or None
 
 
@@ -111,9 +111,14 @@ class Checkpoint:
     def describe(self) -> dict[str, Any]:
         """What a report needs to say about the model it used."""
         return {
-            "path": self.path, "layout": self.layout, "kind": self.kind,
-            "modality": self.modality, "patch_size": self.preprocessing.patch_size,
-            "weights": self.weights_used, "step": self.step, "epoch": self.epoch,
+            "path": self.path,
+            "layout": self.layout,
+            "kind": self.kind,
+            "modality": self.modality,
+            "patch_size": self.preprocessing.patch_size,
+            "weights": self.weights_used,
+            "step": self.step,
+            "epoch": self.epoch,
             "versions": dict(self.versions),
             "calibration_size": self.calibration.size if self.calibration else 0,
         }
@@ -170,14 +175,15 @@ def save_checkpoint(
         "scoring": dict(scoring),
         "model": {k: v.detach().cpu() for k, v in model_state.items()},
         "ema": {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in ema_state.items()}
-        if ema_state is not None else None,
+        if ema_state is not None
+        else None,
         "opt": optimizer_state,
         "scaler": scaler_state,
         "step": int(step),
         "epoch": int(epoch),
-        "calibration": None if calibration is None else {
-            "genuine_scores": torch.from_numpy(calibration.genuine_scores.copy())
-        },
+        "calibration": None
+        if calibration is None
+        else {"genuine_scores": torch.from_numpy(calibration.genuine_scores.copy())},
         "versions": library_versions(),
         "training": _plain(training or {}),
     }
@@ -212,6 +218,18 @@ def _read(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a dict checkpoint, found {type(data).__name__}")
     return data
+
+
+def kind_and_modality(path: str | Path) -> tuple[str, str | None]:
+    """What a checkpoint file holds, without building a model: released BTD files give
+    ("btd", None) since they do not record their modality."""
+    path = Path(path)
+    data = _read(path)
+    if data.get("format") == FORMAT:
+        return str(data.get("kind")), Preprocessing.from_dict(data["preprocessing"]).modality
+    if "model" in data and set(data) <= RELEASED_KEYS:
+        return "btd", None
+    raise CheckpointError(f"{path}: unknown checkpoint layout with keys {sorted(data)[:8]}")
 
 
 def load_checkpoint(
@@ -319,6 +337,4 @@ def load_detector(
         return btd_from_checkpoint(ckpt, device=device, precision=precision, batch_size=batch_size)
     from detector.inpainting import inpaint_from_checkpoint
 
-    return inpaint_from_checkpoint(
-        ckpt, device=device, precision=precision, batch_size=batch_size
-    )
+    return inpaint_from_checkpoint(ckpt, device=device, precision=precision, batch_size=batch_size)

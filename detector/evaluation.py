@@ -152,12 +152,31 @@ class _SeriesCache:
         return image, context
 
 
+def pick_model(models: Sequence[Path], name: str, modality: str) -> Path | None:
+    """The one model file for this detector and modality (checkpoints record both; released
+    BTD weights fit either modality). None when there is none; ambiguous is an error."""
+    from detector.checkpoint import kind_and_modality
+
+    if not models or name not in ("btd", "inpaint"):
+        return None
+    fits = []
+    for path in models:
+        kind, recorded = kind_and_modality(path)
+        if kind == name and recorded in (None, modality):
+            fits.append(path)
+    if len(fits) > 1:
+        raise EvaluationError(
+            f"{len(fits)} --model files fit {name}/{modality}: {', '.join(map(str, fits))}"
+        )
+    return fits[0] if fits else None
+
+
 def score_rows(
     rows: Sequence[ManifestRow],
     data_dir: Path,
     detectors: dict[str, Detector] | None = None,
     detector_names: Sequence[str] = (),
-    model_path: Path | None = None,
+    models: Sequence[Path] = (),
     manifest_dir: Path | None = None,
     batch_size: int = 16,
     progress: bool = True,
@@ -186,7 +205,7 @@ def score_rows(
         key = (name, modality)
         if key not in built:
             try:
-                built[key] = registry.create(name, model_path, modality)
+                built[key] = registry.create(name, pick_model(models, name, modality), modality)
             except registry.UnknownDetectorError:
                 raise
             except Exception as exc:  # a factory's own complaint: no model, wrong file, ...
@@ -194,8 +213,9 @@ def score_rows(
                     skipped[name] = f"{modality}: {exc}"
                     built[key] = None
                 else:
-                    raise EvaluationError(f"cannot load detector {name!r} for {modality}: "
-                                          f"{exc}") from exc
+                    raise EvaluationError(
+                        f"cannot load detector {name!r} for {modality}: {exc}"
+                    ) from exc
         return built[key]
 
     optional = set(optional_names)
@@ -237,14 +257,18 @@ def score_rows(
                     continue
                 scores = det.score([locs[k] for k in idx])
                 if len(scores) != len(idx):
-                    raise EvaluationError(f"detector {name} returned {len(scores)} scores "
-                                          f"for {len(idx)} locations")
+                    raise EvaluationError(
+                        f"detector {name} returned {len(scores)} scores for {len(idx)} locations"
+                    )
                 for k, s in zip(idx, scores, strict=True):
                     results[name][batch[k]] = ScoredRow(rows[batch[k]], m, float(s.score))
             bar.update(len(batch))
     bar.close()
-    return {n: [r for r in v if r is not None] for n, v in results.items()
-            if any(r is not None for r in v)}
+    return {
+        n: [r for r in v if r is not None]
+        for n, v in results.items()
+        if any(r is not None for r in v)
+    }
 
 
 # ----------------------------------------------------------------------------- reporting
@@ -319,8 +343,10 @@ def _fmt(v: float) -> str:
 
 def format_table(summary: dict) -> str:
     """Plain-text table of the summary, as printed by ``tamperscan evaluate``."""
-    lines = [f"{'detector':<16}{'mod':<4}{'attack':<20}{'n+':>5}{'n-':>5}  "
-             f"{'AUC':>5}  {'95% CI':<13}  TPR@1%  TPR@5%"]
+    lines = [
+        f"{'detector':<16}{'mod':<4}{'attack':<20}{'n+':>5}{'n-':>5}  "
+        f"{'AUC':>5}  {'95% CI':<13}  TPR@1%  TPR@5%"
+    ]
     for det, per_mod in summary["detectors"].items():
         for mod, per_attack in per_mod.items():
             for attack, m in per_attack.items():
@@ -357,7 +383,7 @@ def evaluate(
     manifests: Sequence[str | Path],
     detector_names: Sequence[str],
     out_dir: str | Path,
-    model_path: Path | None = None,
+    models: Sequence[Path] = (),
     seed: int = 0,
     progress: bool = True,
     detectors: dict[str, Detector] | None = None,
@@ -377,8 +403,17 @@ def evaluate(
     # Rows of different manifests can resolve relative to different folders.
     for mdir in sorted({d for d, _ in pairs}, key=str):
         subset = [r for d, r in pairs if d == mdir]
-        part = score_rows(subset, data_dir, detectors, names, model_path, mdir,
-                          progress=progress, optional_names=optional_names, skipped=skipped)
+        part = score_rows(
+            subset,
+            data_dir,
+            detectors,
+            names,
+            models,
+            mdir,
+            progress=progress,
+            optional_names=optional_names,
+            skipped=skipped,
+        )
         for n, v in part.items():
             all_scored.setdefault(n, []).extend(v)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -387,20 +422,37 @@ def evaluate(
         "manifests": [str(m) for m in sorted({str(d) for d, _ in pairs})],
         "rows": len(rows),
         "negatives": "all genuine rows of the same modality",
-        "bootstrap": {"samples": BOOTSTRAP_SAMPLES, "seed": seed, "level": 0.95,
-                      "stratified": True},
+        "bootstrap": {
+            "samples": BOOTSTRAP_SAMPLES,
+            "seed": seed,
+            "level": 0.95,
+            "stratified": True,
+        },
         "detectors": {n: summarize(v, seed=seed) for n, v in all_scored.items()},
         "skipped_detectors": skipped,
         "plots": [],
     }
     with open(out_dir / "scores.csv", "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["detector", "path", "x", "y", "label", "attack", "type", "modality",
-                    "group", "score"])
+        w.writerow(
+            ["detector", "path", "x", "y", "label", "attack", "type", "modality", "group", "score"]
+        )
         for n, v in all_scored.items():
             for s in v:
-                w.writerow([n, s.row.path, s.row.x, s.row.y, s.row.label, s.row.attack,
-                            s.row.type, s.modality, s.row.group, f"{s.score:.6g}"])
+                w.writerow(
+                    [
+                        n,
+                        s.row.path,
+                        s.row.x,
+                        s.row.y,
+                        s.row.label,
+                        s.row.attack,
+                        s.row.type,
+                        s.modality,
+                        s.row.group,
+                        f"{s.score:.6g}",
+                    ]
+                )
     for n, v in all_scored.items():
         for modality in sorted({s.modality for s in v}):
             items = [s for s in v if s.modality == modality]

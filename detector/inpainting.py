@@ -252,13 +252,22 @@ def inpaint_from_checkpoint(
     net = InpaintNet(InpaintConfig.from_dict(ckpt.model_config))
     ckpt.load_weights_into(net)
     return InpaintDetector(
-        net, ckpt.preprocessing, InpaintScoring.from_dict(ckpt.scoring), ckpt.calibration,
-        device, precision, batch_size, info=ckpt.describe(),
+        net,
+        ckpt.preprocessing,
+        InpaintScoring.from_dict(ckpt.scoring),
+        ckpt.calibration,
+        device,
+        precision,
+        batch_size,
+        info=ckpt.describe(),
     )
 
 
 def create(model_path: Path | str | None, modality: str | None = None) -> Any:
     """Registry factory ``(model_path, modality) -> Detector`` (see :mod:`detector.registry`)."""
     if model_path is None:
-        raise ValueError("the inpainting detector needs a checkpoint: pass --model-path")
+        raise ValueError(
+            f"the inpainting detector needs a checkpoint for {modality or 'this modality'}: "
+            "give one with --model (tamperscan train writes them)"
+        )
     return load_inpaint(str(model_path), modality)

@@ -101,3 +101,13 @@ def test_modality_without_model_is_not_scored_honestly(
     models = ModelSet.load([tiny_inpaint], "cpu")
     scorer = StudyScorer(service.db, tmp_path, DetectorSettings(device="cpu"), models)
     assert scorer.score(12345, 1).reason == "study has no series"
+
+
+def test_evaluate_picks_the_model_for_each_detector_and_modality(tiny_inpaint: Path) -> None:
+    from detector.evaluation import EvaluationError, pick_model
+
+    assert pick_model([tiny_inpaint], "inpaint", "CT") == tiny_inpaint
+    assert pick_model([tiny_inpaint], "inpaint", "MR") is None
+    assert pick_model([tiny_inpaint], "btd", "CT") is None
+    with pytest.raises(EvaluationError, match="2 --model files fit inpaint/CT"):
+        pick_model([tiny_inpaint, tiny_inpaint], "inpaint", "CT")

@@ -54,12 +54,22 @@ def run_phantoms(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         return _fail(f"{out}: exists and is not a folder")
-    with tqdm(total=args.studies, desc=f"{args.modality} phantoms", unit="study",
-              disable=args.quiet) as bar:
-        folders = write_phantoms(args.modality, args.studies, args.slices, out, args.seed,
-                                 size=args.size, progress=lambda i: bar.update(1))
-    print(f"wrote {len(folders)} {args.modality} studies x {args.slices} slices to {out} "
-          f"(ground-truth lesions in {out / 'lesions.csv'})")
+    with tqdm(
+        total=args.studies, desc=f"{args.modality} phantoms", unit="study", disable=args.quiet
+    ) as bar:
+        folders = write_phantoms(
+            args.modality,
+            args.studies,
+            args.slices,
+            out,
+            args.seed,
+            size=args.size,
+            progress=lambda i: bar.update(1),
+        )
+    print(
+        f"wrote {len(folders)} {args.modality} studies x {args.slices} slices to {out} "
+        f"(ground-truth lesions in {out / 'lesions.csv'})"
+    )
     return 0
 
 
@@ -83,8 +93,15 @@ def run_tamper(args: argparse.Namespace) -> int:
     if not in_dir.is_dir():
         return _fail(f"--in {in_dir}: no such folder")
     try:
-        result = tamper_dataset(in_dir, out_dir, attacks, args.count, args.seed,
-                                epsilon_hu=args.epsilon_hu, epsilon_mr=args.epsilon_mr)
+        result = tamper_dataset(
+            in_dir,
+            out_dir,
+            attacks,
+            args.count,
+            args.seed,
+            epsilon_hu=args.epsilon_hu,
+            epsilon_mr=args.epsilon_mr,
+        )
     except TamperError as exc:
         return _fail(str(exc))
     if args.montages:
@@ -94,9 +111,11 @@ def run_tamper(args: argparse.Namespace) -> int:
             name = f"{attack}.png" if modality == "CT" else f"{attack}-mr.png"
             save_montage(before, after, rec, mdir / name)
     n_fake = sum(r.label for r in result.rows)
-    print(f"tampered {len(result.records)} instances ({n_fake} slice locations) + "
-          f"{len(result.rows) - n_fake} genuine controls -> {out_dir}/manifest_btd.csv, "
-          f"{out_dir}/test.csv, {out_dir}/regions.json")
+    print(
+        f"tampered {len(result.records)} instances ({n_fake} slice locations) + "
+        f"{len(result.rows) - n_fake} genuine controls -> {out_dir}/manifest_btd.csv, "
+        f"{out_dir}/test.csv, {out_dir}/regions.json"
+    )
     return 0
 
 
@@ -117,26 +136,43 @@ def run_evaluate(args: argparse.Namespace) -> int:
                 optional += [x for x in registry.names() if x not in names]
                 names += [x for x in registry.names() if x not in names]
             elif n not in registry.names():
-                return _fail(f"unknown detector {n!r}; available: "
-                             f"{', '.join(registry.names())} or all")
+                return _fail(
+                    f"unknown detector {n!r}; available: {', '.join(registry.names())} or all"
+                )
             elif n not in names:
                 names.append(n)
-    if args.model is not None and not Path(args.model).exists():
-        return _fail(f"--model {args.model}: no such file")
+    models = [Path(m) for m in args.model or []]
+    for model in models:
+        if not model.is_file():
+            return _fail(f"--model {model}: no such file")
     try:
-        summary = evaluate(args.data, args.manifest or [], names, args.out,
-                           model_path=Path(args.model) if args.model else None,
-                           seed=args.seed, progress=not args.quiet, optional_names=optional)
-    except (EvaluationError, ManifestError, SliceReadError, registry.UnknownDetectorError,
-            FileNotFoundError) as exc:
+        summary = evaluate(
+            args.data,
+            args.manifest or [],
+            names,
+            args.out,
+            models=models,
+            seed=args.seed,
+            progress=not args.quiet,
+            optional_names=optional,
+        )
+    except (
+        EvaluationError,
+        ManifestError,
+        SliceReadError,
+        registry.UnknownDetectorError,
+        FileNotFoundError,
+    ) as exc:
         return _fail(str(exc))
     for name, why in summary.get("skipped_detectors", {}).items():
         print(f"note: skipped detector {name!r} ({why})", file=sys.stderr)
     if not summary["detectors"]:
         return _fail("no detector could be loaded")
     print(format_table(summary))
-    print(f"wrote {Path(args.out) / 'summary.json'}, scores.csv and "
-          f"{len(summary['plots'])} ROC plot(s)")
+    print(
+        f"wrote {Path(args.out) / 'summary.json'}, scores.csv and "
+        f"{len(summary['plots'])} ROC plot(s)"
+    )
     return 0
 
 
@@ -148,71 +184,121 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fmt = argparse.ArgumentDefaultsHelpFormatter
 
     p = subparsers.add_parser(
-        "phantoms", formatter_class=fmt,
+        "phantoms",
+        formatter_class=fmt,
         help="write synthetic chest CT / breast MRI DICOM studies with known lesions",
         description="Write realistic synthetic DICOM series (one folder per patient/study) "
         "and lesions.csv, the ground truth of every genuine nodule/mass. Deterministic by seed.",
     )
-    p.add_argument("--modality", type=_modality, required=True,
-                   help="CT (chest CT, CT Image Storage, HU) or MR (breast MRI, MR Image Storage)")
+    p.add_argument(
+        "--modality",
+        type=_modality,
+        required=True,
+        help="CT (chest CT, CT Image Storage, HU) or MR (breast MRI, MR Image Storage)",
+    )
     p.add_argument("--studies", type=_positive, default=1, help="number of patients/studies")
     p.add_argument("--slices", type=_positive, default=32, help="axial slices per series")
     p.add_argument("--size", type=int, default=512, help="rows and columns of every slice")
     p.add_argument("--out", required=True, help="output folder (created; studies are added)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="random seed; study i uses seed*1000+i, so the same seed gives the "
-                   "same pixels and UIDs")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="random seed; study i uses seed*1000+i, so the same seed gives the "
+        "same pixels and UIDs",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=run_phantoms)
 
     t = subparsers.add_parser(
-        "tamper", formatter_class=fmt,
+        "tamper",
+        formatter_class=fmt,
         help="tamper studies (pixel-only) and write BTD/CHAIMELEON ground-truth manifests",
         description="Copy --in to --out and tamper pixels only (every header element, SOP "
         "Instance UID included, is kept, as CT-GAN does). Writes manifest_btd.csv "
         "(path,x,y,type,attack,label,modality), test.csv (CHAIMELEON filename,X,Y + label) "
         "and regions.json, with as many genuine control locations as tampered ones.",
     )
-    t.add_argument("--in", dest="in_dir", required=True,
-                   help="folder of studies (e.g. from 'tamperscan phantoms'); removal needs "
-                   "its lesions.csv")
+    t.add_argument(
+        "--in",
+        dest="in_dir",
+        required=True,
+        help="folder of studies (e.g. from 'tamperscan phantoms'); removal needs its lesions.csv",
+    )
     t.add_argument("--out", required=True, help="new, empty output folder")
-    t.add_argument("--attack", action="append", required=True,
-                   help=f"one of {', '.join(ATTACKS)}, a comma list, or 'all'; repeatable")
-    t.add_argument("--count", type=_positive, default=5,
-                   help="attack instances per attack (an instance may span several slices; "
-                   "each tampered slice is one manifest row)")
+    t.add_argument(
+        "--attack",
+        action="append",
+        required=True,
+        help=f"one of {', '.join(ATTACKS)}, a comma list, or 'all'; repeatable",
+    )
+    t.add_argument(
+        "--count",
+        type=_positive,
+        default=5,
+        help="attack instances per attack (an instance may span several slices; "
+        "each tampered slice is one manifest row)",
+    )
     t.add_argument("--seed", type=int, default=0, help="random seed for locations and textures")
-    t.add_argument("--epsilon-hu", type=float, default=10.0,
-                   help="adversarial-noise L-infinity bound for CT, in HU")
-    t.add_argument("--epsilon-mr", type=float, default=0.015,
-                   help="adversarial-noise bound for MR, as a fraction of the slice's "
-                   "0.5-99.5 percentile intensity range")
-    t.add_argument("--montages", default=None,
-                   help="also write one before/after/difference PNG per attack to this folder "
-                   "(<attack>.png for CT, <attack>-mr.png for MR)")
+    t.add_argument(
+        "--epsilon-hu",
+        type=float,
+        default=10.0,
+        help="adversarial-noise L-infinity bound for CT, in HU",
+    )
+    t.add_argument(
+        "--epsilon-mr",
+        type=float,
+        default=0.015,
+        help="adversarial-noise bound for MR, as a fraction of the slice's "
+        "0.5-99.5 percentile intensity range",
+    )
+    t.add_argument(
+        "--montages",
+        default=None,
+        help="also write one before/after/difference PNG per attack to this folder "
+        "(<attack>.png for CT, <attack>-mr.png for MR)",
+    )
     t.set_defaults(handler=run_tamper)
 
     e = subparsers.add_parser(
-        "evaluate", formatter_class=fmt,
+        "evaluate",
+        formatter_class=fmt,
         help="score manifest locations with detectors; ROC AUC (95%% CI), TPR at 1%%/5%% FPR",
         description="Score every manifest location and report, per detector, modality and "
-        "attack: ROC AUC with a stratified bootstrap 95%% interval and TPR at 1%% and 5%% FPR "
+        "attack: ROC AUC with a stratified bootstrap 95% interval and TPR at 1% and 5% FPR "
         "(negatives: all genuine rows of the modality). Writes summary.json, scores.csv and "
         "roc_<detector>_<modality>.png. Reads lab manifests, CHAIMELEON test.csv and the BTD "
         "test-set layout (CT .npy in HU, MRI .png; CSV path,x,y,type).",
     )
-    e.add_argument("--data", required=True,
-                   help="folder the manifest paths are relative to (the tamper output, or the "
-                   "root of the BTD test sets)")
-    e.add_argument("--manifest", action="append", default=None,
-                   help="CSV in BTD (path,x,y,type) or CHAIMELEON (filename,X,Y,label) format; "
-                   "repeatable. Default: manifest_btd.csv / test.csv in --data, or every BTD CSV "
-                   "(CT/<attack>/CT_<attack>.csv, MRI/MRI_<attack>.csv)")
-    e.add_argument("--detector", action="append", required=True,
-                   help="registered detector name, comma list, or 'all'; repeatable")
-    e.add_argument("--model", default=None,
-                   help="model file for learned detectors (ignored by the baselines)")
+    e.add_argument(
+        "--data",
+        required=True,
+        help="folder the manifest paths are relative to (the tamper output, or the "
+        "root of the BTD test sets)",
+    )
+    e.add_argument(
+        "--manifest",
+        action="append",
+        default=None,
+        help="CSV in BTD (path,x,y,type) or CHAIMELEON (filename,X,Y,label) format; "
+        "repeatable. Default: manifest_btd.csv / test.csv in --data, or every BTD CSV "
+        "(CT/<attack>/CT_<attack>.csv, MRI/MRI_<attack>.csv)",
+    )
+    e.add_argument(
+        "--detector",
+        action="append",
+        required=True,
+        help="registered detector name, comma list, or 'all'; repeatable",
+    )
+    e.add_argument(
+        "--model",
+        action="append",
+        default=None,
+        help="checkpoint of a learned detector; repeatable: each file records its "
+        "detector and modality, so give one per detector and modality (released "
+        "BTD weights fit either modality)",
+    )
     e.add_argument("--out", required=True, help="folder for summary.json, scores.csv, ROC PNGs")
     e.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
