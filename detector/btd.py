@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from detector.btd_config import DEFAULT_PATCH, BTDModelConfig, BTDScoring
 from detector.calibration import Calibration
 from detector.checkpoint import Checkpoint, load_checkpoint
 from detector.device import autocast, default_batch_size, resolve_device, resolve_precision
@@ -49,57 +49,6 @@ from detector.interface import Location, RegionScore
 from detector.preprocess import Preprocessing, patches_for
 
 log = logging.getLogger(__name__)
-
-#: The paper's patch sizes.
-DEFAULT_PATCH = {"CT": 96, "MR": 128}
-REDUCTIONS = ("mse", "centre_mse")
-
-
-@dataclass(frozen=True)
-class BTDModelConfig:
-    """Network and schedule hyper-parameters; the defaults are the released models'."""
-
-    dim: int = 32
-    dim_mults: tuple[int, ...] = (1, 2, 4, 8)
-    image_size: int = 96
-    timesteps: int = 1000
-    sampling_timesteps: int = 250
-    objective: str = "pred_noise"
-    beta_schedule: str = "sigmoid"
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["dim_mults"] = list(self.dim_mults)
-        return d
-
-    @classmethod
-    def from_dict(cls, data: dict) -> BTDModelConfig:
-        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
-        if "dim_mults" in known:
-            known["dim_mults"] = tuple(int(m) for m in known["dim_mults"])
-        return cls(**known)
-
-
-@dataclass(frozen=True)
-class BTDScoring:
-    """How a residual becomes a score (see the module docstring)."""
-
-    t: int = 0
-    reduction: str = "mse"
-    centre_size: int | None = None  # for "centre_mse"; None = half the patch
-
-    def __post_init__(self) -> None:
-        if self.reduction not in REDUCTIONS:
-            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {self.reduction!r}")
-        if self.t < 0:
-            raise ValueError(f"timestep t must be >= 0, got {self.t}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> BTDScoring:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
 def build_diffusion(cfg: BTDModelConfig) -> nn.Module:

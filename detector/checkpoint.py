@@ -293,7 +293,7 @@ def _from_ours(path: Path, data: dict[str, Any]) -> Checkpoint:
 
 
 def _from_release(path: Path, data: dict[str, Any], modality: str | None) -> Checkpoint:
-    from detector.btd import DEFAULT_PATCH, BTDModelConfig, BTDScoring
+    from detector.btd_config import DEFAULT_PATCH, BTDModelConfig, BTDScoring
 
     if modality is None:
         raise CheckpointError(
@@ -319,22 +319,3 @@ def _from_release(path: Path, data: dict[str, Any], modality: str | None) -> Che
         optimizer_state=data.get("opt"),
         scaler_state=data.get("scaler"),
     )
-
-
-def load_detector(
-    path: str | Path,
-    modality: str | None = None,
-    *,
-    device: str = "auto",
-    precision: str = "auto",
-    batch_size: int | None = None,
-) -> Any:
-    """Load whichever detector a checkpoint holds (BTD or inpainting), ready to score."""
-    ckpt = load_checkpoint(path, modality=modality)
-    if ckpt.kind == "btd":
-        from detector.btd import btd_from_checkpoint
-
-        return btd_from_checkpoint(ckpt, device=device, precision=precision, batch_size=batch_size)
-    from detector.inpainting import inpaint_from_checkpoint
-
-    return inpaint_from_checkpoint(ckpt, device=device, precision=precision, batch_size=batch_size)

@@ -31,6 +31,7 @@ import numpy as np
 from detector.interface import Location
 from detector.proposals import Proposal, propose
 from detector.settings import DetectorSettings
+from storage.admin_queries import requested_regions_by_sop
 from storage.db import Database
 from storage.jobs import RegionRecord
 from storage.models import CLEAN, NOT_SCORED, SUSPICIOUS, TAMPERED
@@ -68,7 +69,7 @@ class ModelSet:
 
     @classmethod
     def load(cls, paths: Sequence[Path], device: str, batch_size: int = 0) -> ModelSet:
-        from detector.checkpoint import load_detector  # torch only when models are configured
+        from detector.loading import load_detector  # torch only when models are configured
 
         detectors = []
         for path in paths:
@@ -135,6 +136,7 @@ class StudyScorer:
     def score(self, study_id: int, study_version: int) -> StudyResult:
         with self.db.reading() as session:
             series = study_series_files(session, study_id)
+            requested = requested_regions_by_sop(session, study_id)
         modalities = sorted({s.modality or "unknown" for s in series})
         if not series:
             return StudyResult(NOT_SCORED, "study has no series")
@@ -160,7 +162,7 @@ class StudyScorer:
         checks: list[_Check] = []
         notes: list[str] = []
         for entry in scorable:
-            self._score_series(entry, checks, notes)
+            self._score_series(entry, checks, notes, requested)
         return self._decide(study_id, study_version, checks, notes, modalities)
 
     def _window_stride(self) -> int:
@@ -171,7 +173,14 @@ class StudyScorer:
 
         return 48 if resolve_device(self.settings.device).type == "cuda" else 0
 
-    def _score_series(self, entry: SeriesFiles, checks: list[_Check], notes: list[str]) -> None:
+    def _score_series(
+        self,
+        entry: SeriesFiles,
+        checks: list[_Check],
+        notes: list[str],
+        requested: dict[str, list[tuple[int, int, float]]] | None = None,
+    ) -> None:
+        """Score one series; ``requested`` adds the admin-requested locations per SOP UID."""
         from detector.slices import SliceReadError, read_slice, volume_intensity_range
 
         detectors = self.models.for_modality(entry.modality)
@@ -193,7 +202,13 @@ class StudyScorer:
             except SliceReadError as exc:
                 notes.append(f"slice {sop_uid} not scored: {exc}")
                 continue
-            for proposal in propose(image, stride, self.settings.max_blobs_per_slice):
+            proposals = propose(image, stride, self.settings.max_blobs_per_slice)
+            proposals += [
+                Proposal(x, y, radius, source="admin", strength=float("inf"))
+                for x, y, radius in (requested or {}).get(sop_uid, [])
+                if 0 <= x < image.pixels.shape[1] and 0 <= y < image.pixels.shape[0]
+            ]
+            for proposal in proposals:
                 check = _Check(entry.series_uid, sop_uid, proposal)
                 pending.append((Location(image, proposal.x, proposal.y), check))
             if len(pending) >= FLUSH_REGIONS:

@@ -25,7 +25,8 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from scp.report import ReportFile, ensure_report
+from scp.keyimage import ensure_key_images
+from scp.report import ReportFile, ensure_sr
 from scp.settings import DeliverySettings, DicomDestination, DicomwebDestination, ReportSettings
 from storage.audit import audit
 from storage.db import Database
@@ -39,6 +40,18 @@ from storage.deliveries import (
 from storage.models import DELIVERY_FAILED, utcnow
 
 log = logging.getLogger(__name__)
+
+
+def ensure_report(
+    db: Database, data_dir: Path, verdict_id: int, settings: ReportSettings
+) -> list[ReportFile]:
+    """The verdict's report files (the SR, then key images), built on first use and kept."""
+    sr, data = ensure_sr(db, data_dir, verdict_id, settings)
+    files = [sr]
+    if settings.key_images:
+        files += ensure_key_images(db, data_dir, verdict_id, settings, data)
+    return files
+
 
 # C-STORE statuses that mean "stored": success and the warnings (coercion, elements discarded).
 STORED_STATUSES = {0x0000, 0xB000, 0xB006, 0xB007}

@@ -427,12 +427,10 @@ def fix_uids(db: Database, verdict_id: int) -> tuple[str, str]:
         return verdict.sr_series_uid, verdict.sr_sop_instance_uid
 
 
-def ensure_report(
+def ensure_sr(
     db: Database, data_dir: Path, verdict_id: int, settings: ReportSettings
-) -> list[ReportFile]:
-    """The verdict's report files (the SR, then key images), built on first use and kept."""
-    from scp.keyimage import ensure_key_images  # the key image module builds on this one
-
+) -> tuple[ReportFile, ReportInput | None]:
+    """The verdict's SR file, built on first use and kept; with its input when just built."""
     series_uid, sop_uid = fix_uids(db, verdict_id)
     reports_root = data_dir / "reports"
     with db.reading() as session:
@@ -453,10 +451,7 @@ def ensure_report(
             "report built",
             extra={"verdict_id": verdict_id, "sop": sop_uid, "regions": len(data.regions)},
         )
-    files = [ReportFile(sr_path, Comprehensive3DSRStorage, sop_uid, ExplicitVRLittleEndian)]
-    if settings.key_images:
-        files += ensure_key_images(db, data_dir, verdict_id, settings, data)
-    return files
+    return ReportFile(sr_path, Comprehensive3DSRStorage, sop_uid, ExplicitVRLittleEndian), data
 
 
 def _encode(ds: Dataset) -> bytes:

@@ -14,7 +14,8 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from scp import codes
-from scp.report import ModelId, device_uid, ensure_report, load_input
+from scp.dispatch import ensure_report
+from scp.report import ModelId, device_uid, load_input
 from scp.settings import ReportSettings
 from scp.validate import inspect_dataset
 from storage.db import Database

@@ -114,8 +114,8 @@ def _read_test_csv(path: Path) -> list[tuple[str, int, int]]:
 
 
 def _test(args: argparse.Namespace) -> int:
-    from detector.checkpoint import load_detector
     from detector.interface import Location
+    from detector.loading import load_detector
     from detector.slices import SliceReadError, read_slice, series_files, volume_intensity_range
 
     data = Path(args.data_path)
