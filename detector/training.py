@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import os
 import sys
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
@@ -77,7 +78,9 @@ def find_dicom_slices(data_dir: str | Path, modality: str | None = None) -> list
     wanted = normalise_modality(modality) if modality else None
     found: list[SliceRef] = []
     other: dict[str, int] = {}
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    # os.walk follows symlinked patient folders (a training set is often a folder of links).
+    files = (Path(d) / f for d, _, names in os.walk(root, followlinks=True) for f in names)
+    for path in sorted(p for p in files if p.is_file()):
         if path.suffix.lower() in (".csv", ".json", ".txt", ".md", ".npy", ".png", ".ckpt"):
             continue
         try:
@@ -244,8 +247,10 @@ def split_holdout(
     if len(slices) >= 2:
         n = min(len(slices) - 1, max(1, math.ceil(fraction * len(slices))))
         idx = set(rng.choice(len(slices), size=n, replace=False).tolist())
-        return ([s for i, s in enumerate(slices) if i not in idx],
-                [s for i, s in enumerate(slices) if i in idx])
+        return (
+            [s for i, s in enumerate(slices) if i not in idx],
+            [s for i, s in enumerate(slices) if i in idx],
+        )
     log.warning("one slice only: calibrating on the training slice itself (biased low)")
     return list(slices), list(slices)
 
@@ -371,8 +376,11 @@ def fit(
         if isinstance(loader, DataLoader):  # shard across processes under `accelerate launch`
             loader = accelerator.prepare_data_loader(loader)
         bar = tqdm(
-            loader, desc=f"epoch {epoch + 1}/{epochs}", file=sys.stderr,
-            disable=not (progress and accelerator.is_main_process), leave=False,
+            loader,
+            desc=f"epoch {epoch + 1}/{epochs}",
+            file=sys.stderr,
+            disable=not (progress and accelerator.is_main_process),
+            leave=False,
         )
         for batch in bar:
             with accelerator.autocast():
@@ -423,8 +431,9 @@ def calibrate(detector: Any, patches: np.ndarray) -> Calibration:
     return Calibration.from_scores(scores)
 
 
-def detector_from_model(kind: str, model: nn.Module, prep: Preprocessing, scoring: dict,
-                        device: str = "auto") -> Any:
+def detector_from_model(
+    kind: str, model: nn.Module, prep: Preprocessing, scoring: dict, device: str = "auto"
+) -> Any:
     """Wrap a trained network as its detector (for calibration right after training)."""
     if kind == "btd":
         from detector.btd import BTDDetector, BTDScoring
@@ -481,8 +490,7 @@ def train(opts: TrainOptions) -> TrainResult:
         train_paths = {s.path for s in train_slices}
         if not any(r[0] in train_paths for r in regions):
             raise TrainingError(
-                f"{opts.regions}: none of its files are among the training slices under "
-                f"{opts.data}"
+                f"{opts.regions}: none of its files are among the training slices under {opts.data}"
             )
     dataset = PatchDataset(train_slices, prep, regions, opts.patches_per_slice, opts.seed)
 
@@ -490,22 +498,41 @@ def train(opts: TrainOptions) -> TrainResult:
         dataset.set_epoch(epoch)
         g = torch.Generator().manual_seed(opts.seed * 1000 + epoch)
         return DataLoader(
-            dataset, batch_size=opts.batch_size, shuffle=True, generator=g,
-            num_workers=opts.num_workers, drop_last=len(dataset) > opts.batch_size,
-            persistent_workers=False, pin_memory=torch.cuda.is_available(),
+            dataset,
+            batch_size=opts.batch_size,
+            shuffle=True,
+            generator=g,
+            num_workers=opts.num_workers,
+            drop_last=len(dataset) > opts.batch_size,
+            persistent_workers=False,
+            pin_memory=torch.cuda.is_available(),
         )
 
     training = {**asdict(opts), "train_slices": len(train_slices), "held_out": len(held_out)}
     lr = opts.lr or DEFAULT_LR[opts.detector]
     training["lr"] = lr
 
-    def save(epoch: int, step: int, net: nn.Module, ema: Any, opt: Any,
-             calibration: Calibration | None = None) -> None:
+    def save(
+        epoch: int,
+        step: int,
+        net: nn.Module,
+        ema: Any,
+        opt: Any,
+        calibration: Calibration | None = None,
+    ) -> None:
         save_checkpoint(
-            model_path, kind=opts.detector, preprocessing=prep, model_config=model_config,
-            scoring=scoring, model_state=net.state_dict(), ema_state=ema.state_dict(),
+            model_path,
+            kind=opts.detector,
+            preprocessing=prep,
+            model_config=model_config,
+            scoring=scoring,
+            model_state=net.state_dict(),
+            ema_state=ema.state_dict(),
             optimizer_state=opt.state_dict() if opt is not None else opt_state,
-            step=step, epoch=epoch, calibration=calibration, training=training,
+            step=step,
+            epoch=epoch,
+            calibration=calibration,
+            training=training,
         )
 
     last: dict[str, Any] = {"epoch": start_epoch, "step": start_step, "opt": None}
@@ -515,22 +542,44 @@ def train(opts: TrainOptions) -> TrainResult:
         save(epoch, step, net, ema, opt)
 
     model, ema, losses = fit(
-        opts.detector, model, batches, epochs=opts.epochs, lr=lr, start_epoch=start_epoch,
-        start_step=start_step, ema_decay=opts.ema_decay, optimizer_state=opt_state,
-        ema_state=ema_state, max_steps=opts.max_steps, device=opts.device,
-        progress=opts.progress, on_epoch_end=on_epoch_end,
+        opts.detector,
+        model,
+        batches,
+        epochs=opts.epochs,
+        lr=lr,
+        start_epoch=start_epoch,
+        start_step=start_step,
+        ema_decay=opts.ema_decay,
+        optimizer_state=opt_state,
+        ema_state=ema_state,
+        max_steps=opts.max_steps,
+        device=opts.device,
+        progress=opts.progress,
+        on_epoch_end=on_epoch_end,
     )
     from accelerate.state import PartialState
 
     if not PartialState().is_main_process:  # other GPUs: the main process calibrates and saves
-        return TrainResult(model_path, losses, int(last["step"]), int(last["epoch"]),
-                           None, len(train_slices), len(held_out))
+        return TrainResult(
+            model_path,
+            losses,
+            int(last["step"]),
+            int(last["epoch"]),
+            None,
+            len(train_slices),
+            len(held_out),
+        )
     scoring_model = copy.deepcopy(ema.ema_model).float()
     detector = detector_from_model(opts.detector, scoring_model, prep, scoring, opts.device)
     patches = calibration_patches(held_out, prep, regions, opts.calibration_patches, opts.seed)
     calibration = calibrate(detector, patches)
     save(int(last["epoch"]), int(last["step"]), model, ema, last["opt"], calibration)
     return TrainResult(
-        model_path, losses, int(last["step"]), int(last["epoch"]), calibration,
-        len(train_slices), len(held_out),
+        model_path,
+        losses,
+        int(last["step"]),
+        int(last["epoch"]),
+        calibration,
+        len(train_slices),
+        len(held_out),
     )
