@@ -27,17 +27,15 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from starlette.concurrency import run_in_threadpool
 
+from scp.ingest import IngestResult, ingest, refuse
 from scp.settings import DicomwebSettings
 from scp.validate import (
-    DATASET_MISMATCH,
     DECODE_FAILED,
-    OUT_OF_RESOURCES,
     RejectedInstance,
-    inspect_dataset,
 )
 from storage.audit import audit
 from storage.db import Database
-from storage.instances import InstanceStore, Origin, OutOfSpace, record_rejection
+from storage.instances import InstanceStore, Origin
 from storage.jobs import mark_released
 from storage.models import utcnow
 
@@ -70,8 +68,12 @@ def parse_multipart(content_type: str, body: bytes) -> list[EmailMessage]:
     return parts
 
 
-def _text_failure(part: int, reason: str) -> PartResult:
-    return PartResult("", "", DECODE_FAILED, f"part {part}: {reason}")
+def _part_result(result: IngestResult) -> PartResult:
+    failure = None if result.ok else result.status
+    study_id = result.outcome.study_id if result.outcome is not None else None
+    return PartResult(
+        result.sop_class_uid, result.sop_instance_uid, failure, result.reason, study_id
+    )
 
 
 class StowService:
@@ -162,81 +164,33 @@ class StowService:
         self, n: int, part: EmailMessage, origin: Origin, study_uid: str | None
     ) -> PartResult:
         if part.get_content_type() != "application/dicom":
-            result = _text_failure(
-                n, f"media type {part.get_content_type()} is not application/dicom"
-            )
-            self._refused(origin, result)
-            return result
+            reason = f"part {n}: media type {part.get_content_type()} is not application/dicom"
+            return _part_result(refuse(self.db, origin, DECODE_FAILED, reason))
         payload = part.get_payload(decode=True)
         if not isinstance(payload, bytes) or not payload:
-            result = _text_failure(n, "empty part")
-            self._refused(origin, result)
-            return result
-        sop_class = sop_uid = ""
-        try:
+            return _part_result(refuse(self.db, origin, DECODE_FAILED, f"part {n}: empty part"))
+
+        def decode() -> tuple[Dataset, str, str | None]:
             try:
                 ds = pydicom.dcmread(BytesIO(payload))
-                transfer_syntax = ds.file_meta.TransferSyntaxUID
+                meta = ds.file_meta
+                # The file meta's class plays the presentation context's part.
+                announced = str(meta.get("MediaStorageSOPClassUID", "") or "") or None
+                return ds, str(meta.TransferSyntaxUID), announced
             except (InvalidDicomError, AttributeError) as exc:
                 raise RejectedInstance(
                     DECODE_FAILED, f"part {n} is not a DICOM file (PS3.10): {exc}"
                 ) from exc
-            except Exception as exc:  # pydicom raises many types for broken data
-                raise RejectedInstance(DECODE_FAILED, f"part {n} cannot be read: {exc}") from exc
-            sop_class = str(ds.get("SOPClassUID", "") or "")
-            sop_uid = str(ds.get("SOPInstanceUID", "") or "")
-            meta_class = str(ds.file_meta.get("MediaStorageSOPClassUID", "") or "")
-            meta = inspect_dataset(ds, transfer_syntax, negotiated_sop_class=meta_class or None)
-            if study_uid is not None and meta.study_uid != study_uid:
-                raise RejectedInstance(
-                    DATASET_MISMATCH,
-                    f"Study Instance UID {meta.study_uid} is not the requested {study_uid}",
-                    meta.sop_instance_uid,
-                )
-            outcome = self.store.store(payload, meta, origin)
-        except RejectedInstance as exc:
-            result = PartResult(sop_class, exc.sop_instance_uid or sop_uid, exc.status, exc.reason)
-            self._refused(origin, result)
-            return result
-        except OutOfSpace as exc:
-            result = PartResult(
-                sop_class, sop_uid, OUT_OF_RESOURCES, f"out of storage space: {exc}"
-            )
-            self._refused(origin, result)
-            return result
-        except OSError as exc:
-            log.exception("could not write a STOW-RS instance")
-            result = PartResult(sop_class, sop_uid, OUT_OF_RESOURCES, f"could not store: {exc}")
-            self._refused(origin, result)
-            return result
-        log.info(
-            "instance stored",
-            extra={
-                "result": outcome.result.value,
-                "sop": meta.sop_instance_uid,
-                "study": meta.study_uid,
-                "channel": "stow",
-                "peer": origin.peer_address,
-                "transfer_syntax": meta.transfer_syntax_uid,
-            },
-        )
-        return PartResult(meta.sop_class_uid, meta.sop_instance_uid, study_id=outcome.study_id)
 
-    def _refused(self, origin: Origin, result: PartResult) -> None:
-        log.warning(
-            "instance refused",
-            extra={
-                "status": f"0x{result.failure or 0:04X}",
-                "reason": result.reason,
-                "sop": result.sop_instance_uid,
-                "channel": "stow",
-                "peer": origin.peer_address,
-            },
+        result = ingest(
+            self.db,
+            self.store,
+            payload,
+            decode,
+            origin,
+            expected_study_uid=study_uid,
         )
-        try:
-            record_rejection(self.db, origin, result.reason, result.sop_instance_uid or None)
-        except Exception:
-            log.exception("could not audit a refused instance")
+        return _part_result(result)
 
     @staticmethod
     def _response(results: list[PartResult]) -> Response:

@@ -21,11 +21,11 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy import select
 
+from scp.ingest import ingest
 from scp.settings import ScpSettings
-from scp.validate import DECODE_FAILED, OUT_OF_RESOURCES, RejectedInstance, inspect_dataset
 from storage.audit import audit
 from storage.db import Database
-from storage.instances import InstanceStore, Origin, OutOfSpace, record_rejection
+from storage.instances import InstanceStore, Origin
 from storage.jobs import mark_released
 from storage.models import Association, utcnow
 
@@ -271,61 +271,22 @@ class StorageSCP:
         return answer
 
     def _receive(self, event: evt.Event, state: _Session | None, origin: Origin) -> int | Dataset:
-        try:
-            try:
-                dataset = event.dataset
-            except Exception as exc:
-                raise RejectedInstance(
-                    DECODE_FAILED, f"dataset could not be decoded: {exc}"
-                ) from exc
-            meta = inspect_dataset(
-                dataset,
-                event.context.transfer_syntax,
-                negotiated_sop_class=event.context.abstract_syntax,
-                announced_sop_instance=str(event.request.AffectedSOPInstanceUID or "") or None,
-            )
-            outcome = self.store.store(event.encoded_dataset(), meta, origin)
-        except RejectedInstance as exc:
-            return self._refuse(origin, exc.status, exc.reason, exc.sop_instance_uid)
-        except OutOfSpace as exc:
-            log.warning(
-                "disk below free-space watermark, refusing C-STORE", extra={"why": str(exc)}
-            )
-            return self._refuse(origin, OUT_OF_RESOURCES, f"out of storage space: {exc}", None)
-        except OSError as exc:
-            log.exception("could not write instance")
-            return self._refuse(origin, OUT_OF_RESOURCES, f"could not store: {exc}", None)
-        if state is not None:
+        result = ingest(
+            self.db,
+            self.store,
+            event.encoded_dataset(),
+            lambda: (event.dataset, event.context.transfer_syntax, None),
+            origin,
+            negotiated_sop_class=event.context.abstract_syntax,
+            announced_sop_instance=str(event.request.AffectedSOPInstanceUID or "") or None,
+        )
+        if not result.ok:
+            answer = Dataset()
+            answer.Status = result.status
+            answer.ErrorComment = result.reason[:64]
+            return answer
+        if state is not None and result.outcome is not None:
             with self._lock:
-                state.studies.add(outcome.study_id)
+                state.studies.add(result.outcome.study_id)
                 state.stored += 1
-        log.info(
-            "instance stored",
-            extra={
-                "result": outcome.result.value,
-                "sop": meta.sop_instance_uid,
-                "study": meta.study_uid,
-                "calling_ae": origin.calling_ae,
-                "transfer_syntax": meta.transfer_syntax_uid,
-            },
-        )
         return 0x0000
-
-    def _refuse(self, origin: Origin, status: int, reason: str, sop_uid: str | None) -> Dataset:
-        log.warning(
-            "instance refused",
-            extra={
-                "status": f"0x{status:04X}",
-                "reason": reason,
-                "sop": sop_uid,
-                "calling_ae": origin.calling_ae,
-            },
-        )
-        try:
-            record_rejection(self.db, origin, reason, sop_uid)
-        except Exception:
-            log.exception("could not audit a refused instance")
-        answer = Dataset()
-        answer.Status = status
-        answer.ErrorComment = reason[:64]
-        return answer

@@ -1,0 +1,133 @@
+"""One received instance, whichever way it came in (C-STORE or STOW-RS): check, store, answer.
+
+Both receivers hand over the bytes as they arrived and a way to decode them; this module
+applies the same checks (``scp.validate``), the same durable store (``InstanceStore.store``),
+maps every failure to its DICOM status, logs it and writes the refusal to the audit trail.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pydicom.dataset import Dataset
+
+from scp.validate import (
+    DATASET_MISMATCH,
+    DECODE_FAILED,
+    OUT_OF_RESOURCES,
+    RejectedInstance,
+    inspect_dataset,
+)
+from storage.db import Database
+from storage.instances import InstanceStore, Origin, OutOfSpace, StoreOutcome, record_rejection
+
+log = logging.getLogger(__name__)
+
+SUCCESS = 0x0000
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    status: int  # 0x0000, or the failure status to answer
+    reason: str = ""
+    sop_class_uid: str = ""
+    sop_instance_uid: str = ""
+    outcome: StoreOutcome | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == SUCCESS
+
+
+def ingest(
+    db: Database,
+    store: InstanceStore,
+    data: bytes,
+    decode: Callable[[], tuple[Dataset, str, str | None]],
+    origin: Origin,
+    negotiated_sop_class: str | None = None,
+    announced_sop_instance: str | None = None,
+    expected_study_uid: str | None = None,
+) -> IngestResult:
+    """Store ``data`` (a complete DICOM file) if it passes every check, else refuse it.
+
+    ``decode`` returns the dataset, its transfer syntax and the SOP class its wrapper announced
+    (a STOW-RS part's file meta; None when ``negotiated_sop_class`` already says it); whatever
+    it raises is a decode failure. Returns only after the instance is durable and indexed, or
+    refused and audited.
+    """
+    sop_class = sop_uid = ""
+    try:
+        try:
+            dataset, transfer_syntax, announced_class = decode()
+        except RejectedInstance:
+            raise
+        except Exception as exc:  # pydicom and pynetdicom raise many types for broken data
+            raise RejectedInstance(DECODE_FAILED, f"dataset could not be decoded: {exc}") from exc
+        sop_class = str(dataset.get("SOPClassUID", "") or "")
+        sop_uid = str(dataset.get("SOPInstanceUID", "") or "")
+        meta = inspect_dataset(
+            dataset,
+            transfer_syntax,
+            negotiated_sop_class=negotiated_sop_class or announced_class,
+            announced_sop_instance=announced_sop_instance,
+        )
+        if expected_study_uid is not None and meta.study_uid != expected_study_uid:
+            raise RejectedInstance(
+                DATASET_MISMATCH,
+                f"Study Instance UID {meta.study_uid} is not the requested {expected_study_uid}",
+                meta.sop_instance_uid,
+            )
+        outcome = store.store(data, meta, origin)
+    except RejectedInstance as exc:
+        sop_uid = exc.sop_instance_uid or sop_uid
+        return _refuse(db, origin, exc.status, exc.reason, sop_class, sop_uid)
+    except OutOfSpace as exc:
+        log.warning("disk below free-space watermark, refusing", extra={"why": str(exc)})
+        reason = f"out of storage space: {exc}"
+        return _refuse(db, origin, OUT_OF_RESOURCES, reason, sop_class, sop_uid)
+    except OSError as exc:
+        log.exception("could not write instance")
+        reason = f"could not store: {exc}"
+        return _refuse(db, origin, OUT_OF_RESOURCES, reason, sop_class, sop_uid)
+    log.info(
+        "instance stored",
+        extra={
+            "result": outcome.result.value,
+            "sop": meta.sop_instance_uid,
+            "study": meta.study_uid,
+            "channel": origin.channel,
+            "calling_ae": origin.calling_ae,
+            "peer": origin.peer_address,
+            "transfer_syntax": meta.transfer_syntax_uid,
+        },
+    )
+    return IngestResult(SUCCESS, "", meta.sop_class_uid, meta.sop_instance_uid, outcome)
+
+
+def refuse(db: Database, origin: Origin, status: int, reason: str) -> IngestResult:
+    """Refuse something that never got as far as a dataset (an empty or mistyped part)."""
+    return _refuse(db, origin, status, reason, "", "")
+
+
+def _refuse(
+    db: Database, origin: Origin, status: int, reason: str, sop_class: str, sop_uid: str
+) -> IngestResult:
+    log.warning(
+        "instance refused",
+        extra={
+            "status": f"0x{status:04X}",
+            "reason": reason,
+            "sop": sop_uid or None,
+            "channel": origin.channel,
+            "calling_ae": origin.calling_ae,
+            "peer": origin.peer_address,
+        },
+    )
+    try:
+        record_rejection(db, origin, reason, sop_uid or None)
+    except Exception:
+        log.exception("could not audit a refused instance")
+    return IngestResult(status, reason, sop_class, sop_uid)
