@@ -6,7 +6,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     TAMPERSCAN_CONFIG=/etc/tamperscan/config.toml \
-    TAMPERSCAN_STORAGE__DATA_DIR=/data
+    TAMPERSCAN_STORAGE__DATA_DIR=/data \
+    TAMPERSCAN_ADMIN__HOST=0.0.0.0
 
 WORKDIR /opt/tamperscan
 COPY pyproject.toml README.md ./
@@ -23,7 +24,7 @@ COPY config.toml /etc/tamperscan/config.toml
 
 USER tamperscan
 VOLUME ["/data"]
-# DICOM (C-STORE/C-ECHO) and the admin web report.
+# DICOM (C-STORE/C-ECHO) and HTTP (admin web report, STOW-RS, /healthz, /metrics).
 EXPOSE 11112 8080
 # Allow your PACS before use, e.g. -e TAMPERSCAN_SCP__ALLOWED_HOSTS='["10.1.2.3"]'
 # -e TAMPERSCAN_SCP__ALLOWED_CALLING_AETS='["PACS"]' (the default accepts loopback only).

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -10,3 +13,22 @@ class AdminSettings(BaseModel):
 
     host: str = Field("127.0.0.1", description="Address of the admin web report.")
     port: int = Field(8080, ge=0, le=65535, description="0 picks a free port (tests).")
+    enabled: bool = Field(True, description="Serve the admin web report on the HTTP server.")
+    session_secret_file: Path | None = Field(
+        None,
+        description="Key that signs session cookies; empty: <data_dir>/admin/session.key, "
+        "generated on first start with 0600 permissions.",
+    )
+    cookie_secure: Literal["auto", "always", "never"] = Field(
+        "auto", description="Secure cookie flag; auto sets it when the request came over HTTPS."
+    )
+    session_hours: float = Field(12.0, gt=0, le=24 * 30, description="Session lifetime.")
+    login_max_failures: int = Field(
+        5, ge=1, description="Wrong passwords allowed per user name or client address..."
+    )
+    login_lockout_s: float = Field(
+        300.0, gt=0, description="...before further logins are refused for this long."
+    )
+    metrics_token: str = Field(
+        "", description="Bearer token that lets Prometheus read /metrics without logging in."
+    )

@@ -131,8 +131,9 @@ class CopyMoveDetector:
         var_floor = 1e-6 * (float(np.abs(tmpl).max()) + 1.0) ** 2
         denom = b * b * max(float(tmpl.var()), var_floor)
         best, best_img, best_pos = np.inf, img, (y - h, x - h)
-        candidates = [img] + [c for c in loc.context
-                              if c is not img and not (c.source and c.source == img.source)]
+        candidates = [img] + [
+            c for c in loc.context if c is not img and not (c.source and c.source == img.source)
+        ]
         for cand in candidates:
             if cand.pixels.shape != img.pixels.shape:
                 continue

@@ -76,7 +76,9 @@ def read_npy_slice(path: Path, pixel_spacing_mm: tuple[float, float] = (1.0, 1.0
     if arr.ndim != 2:
         raise SliceReadError(f"{path}: expected a 2-D array, got shape {arr.shape}")
     return SliceImage(
-        pixels=arr.astype(np.float32), modality="CT", pixel_spacing_mm=pixel_spacing_mm,
+        pixels=arr.astype(np.float32),
+        modality="CT",
+        pixel_spacing_mm=pixel_spacing_mm,
         source=str(path),
     )
 
@@ -96,7 +98,10 @@ def read_png_slice(path: Path, pixel_spacing_mm: tuple[float, float] = (1.0, 1.0
     except OSError as exc:
         raise SliceReadError(f"{path}: not a readable PNG ({exc})") from exc
     return SliceImage(
-        pixels=arr, modality="MR", pixel_spacing_mm=pixel_spacing_mm, intensity_range=full,
+        pixels=arr,
+        modality="MR",
+        pixel_spacing_mm=pixel_spacing_mm,
+        intensity_range=full,
         source=str(path),
     )
 
@@ -120,8 +125,11 @@ def read_slice(
         image = read_png_slice(path)
         if intensity_range is not None:
             image = SliceImage(
-                pixels=image.pixels, modality="MR", pixel_spacing_mm=image.pixel_spacing_mm,
-                intensity_range=intensity_range, source=image.source,
+                pixels=image.pixels,
+                modality="MR",
+                pixel_spacing_mm=image.pixel_spacing_mm,
+                intensity_range=intensity_range,
+                source=image.source,
             )
         return image
     try:

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from detector.activity import ScoringActivity
 from detector.interface import Location
 from detector.proposals import Proposal, propose
 from detector.settings import DetectorSettings
@@ -68,13 +69,23 @@ class ModelSet:
             self.by_modality.setdefault(detector.modality, []).append(detector)
 
     @classmethod
-    def load(cls, paths: Sequence[Path], device: str, batch_size: int = 0) -> ModelSet:
+    def load(
+        cls,
+        paths: Sequence[Path],
+        device: str,
+        batch_size: int = 0,
+        registry_ids: dict[Path, int] | None = None,
+    ) -> ModelSet:
+        """Load checkpoints; ``registry_ids`` names the registry version of those that have one."""
         from detector.loading import load_detector  # torch only when models are configured
 
         detectors = []
         for path in paths:
             detector = load_detector(path, device=device, batch_size=batch_size or None)
             detector.info["sha256"] = _file_digest(Path(path))
+            registry_id = (registry_ids or {}).get(Path(path))
+            if registry_id is not None:
+                detector.info["registry_version"] = registry_id
             log.info(
                 "model loaded",
                 extra={
@@ -95,7 +106,8 @@ class ModelSet:
             {
                 "name": d.name,
                 "modality": d.modality,
-                "version": d.info.get("sha256", "")[:16],
+                "version": model_version(d),
+                "registry_version": d.info.get("registry_version"),
                 "weights": d.info.get("weights"),
                 "calibration_size": d.info.get("calibration_size", 0),
                 "path": d.info.get("path"),
@@ -103,6 +115,13 @@ class ModelSet:
             for group in self.by_modality.values()
             for d in group
         ]
+
+
+def model_version(detector: Any) -> str:
+    """What verdicts and SRs call a model: its file's sha256 prefix, plus the registry id."""
+    digest = detector.info.get("sha256", "")[:16]
+    registry_id = detector.info.get("registry_version")
+    return digest if registry_id is None else f"r{registry_id}-{digest}"
 
 
 @dataclass
@@ -130,10 +149,21 @@ class StudyScorer:
         self.instance_root = data_dir / "instances"
         self.settings = settings
         self.models = models if models is not None else ModelSet()
+        # Held while scoring: retraining yields to it, model swaps wait for it.
+        self.activity = ScoringActivity()
+
+    def swap_models(self, models: ModelSet) -> None:
+        """Replace the model set between studies (never while one is being scored)."""
+        with self.activity.exclusive():
+            self.models = models
 
     # -- the study ------------------------------------------------------------------------
 
     def score(self, study_id: int, study_version: int) -> StudyResult:
+        with self.activity.scoring():
+            return self._score(study_id, study_version)
+
+    def _score(self, study_id: int, study_version: int) -> StudyResult:
         with self.db.reading() as session:
             series = study_series_files(session, study_id)
             requested = requested_regions_by_sop(session, study_id)
@@ -230,7 +260,7 @@ class StudyScorer:
             # Tail-extended p-values: Bonferroni over many regions needs p below 1/(n+1).
             calibration = detector.calibration
             p = calibration.tail_p_values(raw) if calibration is not None else None
-            version = detector.info.get("sha256", "")[:16]
+            version = model_version(detector)
             for i, (_, check) in enumerate(batch):
                 check.scores[detector.name] = {
                     "raw": float(raw[i]),

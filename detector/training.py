@@ -281,6 +281,8 @@ class TrainOptions:
     calibration_patches: int = 512
     ema_decay: float = 0.995
     max_steps: int | None = None
+    max_seconds: float | None = None  # wall-clock budget of the optimisation loop
+    init_from: str | None = None  # fine-tune: start from this checkpoint's weights (same size)
     device: str = "auto"
     seed: int = 0
     progress: bool = True
@@ -347,11 +349,17 @@ def fit(
     progress: bool = True,
     on_epoch_end: Callable[[int, int, nn.Module, Any, Any], None] | None = None,
     accelerator: Any = None,
+    max_seconds: float | None = None,
+    between_steps: Callable[[], None] | None = None,
 ) -> tuple[nn.Module, Any, list[float]]:
     """The training loop shared by both detectors. Returns (model, ema, per-step losses).
 
     ``batches(epoch)`` yields the epoch's batches (a DataLoader, or anything iterable).
+    ``between_steps`` runs after every optimiser step: retraining inside serve passes one that
+    waits while studies are being scored, so live scoring keeps the device.
     """
+    import time
+
     from accelerate import Accelerator
     from ema_pytorch import EMA
     from tqdm.auto import tqdm
@@ -370,6 +378,13 @@ def fit(
     model, opt = accelerator.prepare(model, opt)
     losses: list[float] = []
     step = start_step
+    deadline = None if max_seconds is None else time.monotonic() + max_seconds
+
+    def out_of_budget() -> bool:
+        if max_steps is not None and step >= max_steps:
+            return True
+        return deadline is not None and time.monotonic() >= deadline
+
     for epoch in range(start_epoch, epochs):
         model.train()
         loader = batches(epoch)
@@ -393,11 +408,13 @@ def fit(
             step += 1
             losses.append(float(loss.detach()))
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
-            if max_steps is not None and step >= max_steps:
+            if between_steps is not None:
+                between_steps()
+            if out_of_budget():
                 break
         if on_epoch_end is not None and accelerator.is_main_process:
             on_epoch_end(epoch + 1, step, accelerator.unwrap_model(model), ema, opt)
-        if max_steps is not None and step >= max_steps:
+        if out_of_budget():
             break
     return accelerator.unwrap_model(model), ema, losses
 
@@ -458,8 +475,11 @@ class TrainResult:
     held_out_slices: int
 
 
-def train(opts: TrainOptions) -> TrainResult:
-    """Train, checkpoint every epoch, calibrate on held-out patients, write the final file."""
+def train(opts: TrainOptions, between_steps: Callable[[], None] | None = None) -> TrainResult:
+    """Train, checkpoint every epoch, calibrate on held-out patients, write the final file.
+
+    ``between_steps`` is passed to :func:`fit` (it is not an option: checkpoints store options).
+    """
     import copy
 
     torch.manual_seed(opts.seed)
@@ -482,6 +502,16 @@ def train(opts: TrainOptions) -> TrainResult:
         start_epoch, start_step = ckpt.epoch, ckpt.step
         opt_state, ema_state = ckpt.optimizer_state, ckpt.ema_state
         log.info("resuming %s from epoch %d, step %d", model_path, start_epoch, start_step)
+    elif opts.init_from:
+        ckpt = load_checkpoint(opts.init_from, expected_kind=opts.detector, modality=opts.modality)
+        if ckpt.model_config != model_config or ckpt.preprocessing != prep:
+            raise CheckpointError(
+                f"{opts.init_from}: cannot fine-tune from it: it holds {ckpt.model_config} with "
+                f"{ckpt.preprocessing}, but these options build {model_config} with {prep}"
+            )
+        model.load_state_dict(ckpt.model_state)
+        ema_state = ckpt.ema_state  # the EMA continues from the production weights too
+        log.info("fine-tuning from %s (step %d)", opts.init_from, ckpt.step)
     elif model_path.exists():
         log.warning("%s exists and will be overwritten (use --resume to continue it)", model_path)
 
@@ -556,6 +586,8 @@ def train(opts: TrainOptions) -> TrainResult:
         device=opts.device,
         progress=opts.progress,
         on_epoch_end=on_epoch_end,
+        max_seconds=opts.max_seconds,
+        between_steps=between_steps,
     )
     from accelerate.state import PartialState
 

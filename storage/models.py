@@ -253,3 +253,144 @@ class AuditEvent(Base):
     action: Mapped[str] = mapped_column(String(64), index=True)
     target: Mapped[str | None] = mapped_column(String(128))
     detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+# --- the admin web report (migration 0003) ------------------------------------------------
+
+# Roles: a viewer sees everything; an admin may also act (re-score, re-send, mark, add regions).
+ROLE_VIEWER, ROLE_ADMIN = "viewer", "admin"
+ROLES = (ROLE_VIEWER, ROLE_ADMIN)
+
+# A person's judgement of a study or region; the newest mark counts and feeds retraining.
+MARK_GENUINE, MARK_TAMPERED = "genuine", "tampered"
+MARK_LABELS = (MARK_GENUINE, MARK_TAMPERED)
+
+
+class User(Base):
+    """Someone who may log in to the admin web report; passwords are argon2 hashes."""
+
+    __tablename__ = "app_user"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    password_changed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Mark(Base):
+    """A confirmed-genuine / confirmed-tampered label on a study (region_id empty) or region."""
+
+    __tablename__ = "mark"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("study.id"), index=True)
+    region_id: Mapped[int | None] = mapped_column(ForeignKey("region.id"), index=True)
+    study_version: Mapped[int] = mapped_column(Integer)
+    label: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str] = mapped_column(String(64))
+    note: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class RequestedRegion(Base):
+    """A location an admin asked to be checked; every later scoring of its series checks it."""
+
+    __tablename__ = "requested_region"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("study.id"), index=True)
+    series_uid: Mapped[str] = mapped_column(String(64))
+    sop_instance_uid: Mapped[str] = mapped_column(String(64))
+    x: Mapped[int] = mapped_column(Integer)  # column
+    y: Mapped[int] = mapped_column(Integer)  # row
+    radius_px: Mapped[float] = mapped_column(Float)
+    requested_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+# Indexes the admin studies list filters on (existing columns; added by migration 0003).
+Index("ix_instance_calling_ae", Instance.calling_ae)
+Index("ix_series_modality", Series.modality)
+Index("ix_study_patient_id", Study.patient_id)
+Index("ix_verdict_outcome", Verdict.outcome)
+
+
+# --- scheduled retraining: the model registry and training runs (migration 0004) ----------
+
+# Model version states. A candidate is being judged; production scores studies (one per
+# detector and modality); retired was production once; rejected failed the promotion gate.
+MODEL_CANDIDATE, MODEL_PRODUCTION, MODEL_RETIRED, MODEL_REJECTED = (
+    "candidate",
+    "production",
+    "retired",
+    "rejected",
+)
+MODEL_STATES = (MODEL_CANDIDATE, MODEL_PRODUCTION, MODEL_RETIRED, MODEL_REJECTED)
+
+# Training run states and what started them.
+RUN_RUNNING, RUN_SUCCEEDED, RUN_FAILED = "running", "succeeded", "failed"
+RUN_TRIGGERS = ("schedule", "cli", "admin")
+
+
+class TrainingRun(Base):
+    """One retraining run: who started it, the data it used, how it ended.
+
+    ``owner`` (host:pid) and ``lease_expires_at`` let the next start tell a run whose process
+    died from one still going, exactly like scoring jobs.
+    """
+
+    __tablename__ = "training_run"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    trigger: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str | None] = mapped_column(String(64))
+    owner: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # {"max_steps": .., "max_minutes": .., "device": ..}
+    budget: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Per modality: the instance sha256s trained on and held out for the gate (audit, replay).
+    manifest: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Per modality/detector: produced version id and decision, or why it was skipped.
+    summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class ModelVersion(Base):
+    """A trained checkpoint and everything needed to judge, serve or reproduce it."""
+
+    __tablename__ = "model_version"
+    __table_args__ = (Index("ix_model_version_slot", "detector", "modality", "state"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    detector: Mapped[str] = mapped_column(String(16))
+    modality: Mapped[str] = mapped_column(String(8))
+    state: Mapped[str] = mapped_column(String(16))
+    # Relative to <data_dir>/models.
+    checkpoint_path: Mapped[str] = mapped_column(String(512))
+    sha256: Mapped[str] = mapped_column(String(64))
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("training_run.id"), index=True)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("model_version.id"))
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # {"train": [instance sha256...], "gate": [...], "patients": n}
+    manifest: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    promoted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class RetrainLock(Base):
+    """One row per lock name; a run holds it by a conditional UPDATE (never two at once)."""
+
+    __tablename__ = "retrain_lock"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("training_run.id"))
+    owner: Mapped[str | None] = mapped_column(String(64))
+    acquired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from admin.settings import AdminSettings
-from detector.settings import DetectorSettings, WorkerSettings
+from detector.settings import DetectorSettings, RetrainSettings, WorkerSettings
 from scp.settings import DeliverySettings, DicomwebSettings, ReportSettings, ScpSettings
 from storage.settings import AssemblySettings, StorageSettings
 
@@ -40,6 +40,7 @@ class Settings(BaseModel):
     assembly: AssemblySettings = Field(default_factory=AssemblySettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     detector: DetectorSettings = Field(default_factory=DetectorSettings)
+    retrain: RetrainSettings = Field(default_factory=RetrainSettings)
     admin: AdminSettings = Field(default_factory=AdminSettings)
     reports: ReportSettings = Field(default_factory=ReportSettings)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
@@ -109,7 +110,12 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
     scp = settings.scp.model_copy(update={"tls": tls})
     models = [absolute(path) for path in settings.detector.models]
     detector = settings.detector.model_copy(update={"models": models})
-    return settings.model_copy(update={"storage": storage, "scp": scp, "detector": detector})
+    admin = settings.admin.model_copy(
+        update={"session_secret_file": absolute(settings.admin.session_secret_file)}
+    )
+    return settings.model_copy(
+        update={"storage": storage, "scp": scp, "detector": detector, "admin": admin}
+    )
 
 
 def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> Settings:

@@ -15,18 +15,24 @@ import threading
 from types import FrameType
 
 from admin.http import HttpServer, create_app
+from admin.report import AdminReport
+from detector.retrain import Retrainer
+from detector.serving import ProductionModels
 from detector.study_scoring import ModelSet, StudyScorer
 from detector.worker import ScoringWorker
 from scp.dicomweb import StowService
 from scp.dispatch import Dispatcher
 from scp.server import StorageSCP
+from storage.admin_queries import ActionError
 from storage.assembly import StudyAssembler
 from storage.db import Database
 from storage.files import remove_partial_files
 from storage.instances import InstanceStore
 from storage.jobs import release_dead_leases
 from storage.models import utcnow
+from storage.registry import fail_dead_runs
 from tamperscan.config import Settings
+from tamperscan.scheduler import RetrainScheduler
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +47,23 @@ class Service:
         if settings.dicomweb.enabled:
             routers.append(StowService(self.db, self.store, settings.dicomweb).router())
         self.app = create_app(routers)
+        self.models: ModelSet | None = None
+        self.report: AdminReport | None = None
+        if settings.admin.enabled:
+            self.report = AdminReport(
+                self.db,
+                settings.storage.data_dir,
+                settings.admin,
+                models=lambda: self.models.describe() if self.models is not None else [],
+                readiness={"dicom_listener": self._scp_ready, "models": self._models_ready},
+                retrain_now=self._retrain_now if settings.retrain.enabled else None,
+            )
+            self.report.install(self.app)
         self.http = HttpServer(self.app, settings.admin.host, settings.admin.port)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self.scheduler: RetrainScheduler | None = None
+        self.production: ProductionModels | None = None
 
     def start(self) -> None:
         settings = self.settings
@@ -52,6 +72,7 @@ class Service:
         leftovers = remove_partial_files(self.store.root)
         with self.db.session() as session:
             requeued = release_dead_leases(session, utcnow())
+            fail_dead_runs(session, utcnow())  # a retraining run killed with the last process
         log.info(
             "storage ready",
             extra={
@@ -63,11 +84,19 @@ class Service:
         )
         assembler = StudyAssembler(self.db, settings.assembly)
         self._spawn("assembler", assembler.run)
+        scorer = None
         if settings.worker.enabled:
-            models = ModelSet.load(
-                settings.detector.models, settings.detector.device, settings.detector.batch_size
+            # The registry's production models plus [detector] models, reloaded on promotion.
+            self.production = ProductionModels(
+                self.db, settings.storage.data_dir, settings.detector,
+                settings.retrain.reload_interval_s,
             )
+            models = self.production.load()
+            self.models = models
             scorer = StudyScorer(self.db, settings.storage.data_dir, settings.detector, models)
+            self.production.scorer = scorer
+            self.production.on_swap = lambda new: setattr(self, "models", new)
+            self._spawn("model-reload", self.production.run)
             for n in range(settings.worker.concurrency):
                 worker = ScoringWorker(self.db, scorer, settings.worker, name=f"worker-{n + 1}")
                 self._spawn(f"worker-{n + 1}", worker.run)
@@ -76,8 +105,47 @@ class Service:
                 self.db, settings.storage.data_dir, settings.reports, settings.delivery
             )
             self._spawn("dispatcher", dispatcher.run)
+        if settings.retrain.enabled:
+            self._start_retraining(scorer)
         self.scp.start()
         self.http.start()
+
+    def _scp_ready(self) -> tuple[bool, str]:
+        try:
+            return True, f"listening on port {self.scp.port}"
+        except (AssertionError, OSError):
+            return False, "DICOM listener not started"
+
+    def _models_ready(self) -> tuple[bool, str]:
+        wanted = len(self.settings.detector.models) if self.settings.worker.enabled else 0
+        loaded = len(self.models.describe()) if self.models is not None else 0
+        if loaded < wanted:
+            return False, f"{loaded} of {wanted} configured models loaded"
+        return True, f"{loaded} models loaded" if wanted else "no model configured"
+
+    def _retrain_now(self, actor: str) -> None:
+        """The admin's "retrain now": the same job as the schedule, submitted once."""
+        if self.scheduler is None:  # enabled, but start() has not set the scheduler up (yet)
+            raise ActionError("retraining is enabled but not running in this service yet")
+        self.scheduler.run_now("admin", actor)
+
+    def _start_retraining(self, scorer: StudyScorer | None) -> None:
+        """The nightly job; training yields to live scoring between its steps."""
+        retrainer = Retrainer(
+            self.db,
+            self.settings.storage.data_dir,
+            self.settings.retrain,
+            between_steps=scorer.activity.yield_to_scoring if scorer is not None else None,
+            stop=self._stop,
+        )
+
+        def run(trigger: str, actor: str | None) -> None:
+            report = retrainer.run(trigger, actor)
+            if report.promoted and self.production is not None:
+                self.production.refresh()
+
+        self.scheduler = RetrainScheduler(self.db, self.settings.retrain, run)
+        self.scheduler.start()
 
     def _safe_url(self) -> str:
         return self.db.engine.url.render_as_string(hide_password=True)
@@ -91,7 +159,9 @@ class Service:
         log.info("shutting down")
         self.http.stop()
         self.scp.stop()
-        self._stop.set()
+        self._stop.set()  # a running retraining stops at its next step, recorded as failed
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=True)
         for thread in self._threads:
             thread.join(timeout=30)
         self.db.dispose()

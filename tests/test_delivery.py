@@ -220,9 +220,14 @@ def test_nothing_is_lost_across_a_restart_of_serve(tmp_path: Path, pacs: StoreSC
             time.sleep(0.2)
         [received] = pacs.received()
         assert received.StudyInstanceUID == study
-        with second.db.reading() as session:
-            delivery = session.scalars(select(Delivery)).one()
-            verdict = session.get(Verdict, delivery.verdict_id)
+        # The PACS answers before the dispatcher records the success: wait for the commit.
+        while time.monotonic() < deadline:
+            with second.db.reading() as session:
+                delivery = session.scalars(select(Delivery)).one()
+                verdict = session.get(Verdict, delivery.verdict_id)
+            if delivery.state == "delivered":
+                break
+            time.sleep(0.1)
         assert delivery.state == "delivered"
         assert verdict is not None and received.SOPInstanceUID == verdict.sr_sop_instance_uid
     finally:

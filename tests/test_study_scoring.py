@@ -111,3 +111,29 @@ def test_evaluate_picks_the_model_for_each_detector_and_modality(tiny_inpaint: P
     assert pick_model([tiny_inpaint], "btd", "CT") is None
     with pytest.raises(EvaluationError, match="2 --model files fit inpaint/CT"):
         pick_model([tiny_inpaint, tiny_inpaint], "inpaint", "CT")
+
+
+def test_admin_requested_region_is_scored(
+    service_factory: Any, phantom_ct: Path, tiny_inpaint: Path, tmp_path: Path
+) -> None:
+    from detector.settings import DetectorSettings
+    from detector.study_scoring import ModelSet, StudyScorer
+    from storage.admin_queries import add_requested_region
+    from storage.models import Instance, utcnow
+    from tests.admin_helpers import store_phantom_study
+
+    service = service_factory(worker={"enabled": False})
+    study_id = store_phantom_study(service.store, tmp_path / "phantoms")
+    with service.db.session() as session:
+        instance = session.scalars(select(Instance).where(Instance.study_id == study_id)).first()
+        add_requested_region(session, study_id, instance.id, 50, 60, 7.0, "alice", utcnow())
+    models = ModelSet.load([tiny_inpaint], "cpu")
+    settings = DetectorSettings(device="cpu", window_stride_px=0)
+    result = StudyScorer(service.db, service.settings.storage.data_dir, settings, models).score(
+        study_id, 1
+    )
+    admin = [r for r in result.regions if r.source == "admin"]
+    assert [(r.sop_instance_uid, r.x, r.y, r.radius_px) for r in admin] == [
+        (instance.sop_instance_uid, 50, 60, 7.0)
+    ]
+    assert admin[0].scores["inpaint"]["p"] is not None

@@ -97,7 +97,8 @@ class TamperResult:
     records: list[TamperRecord]
     # One example per (attack, modality) for montages: (before, after, record), modality units.
     examples: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, TamperRecord]] = field(
-        default_factory=dict)
+        default_factory=dict
+    )
 
 
 # ----------------------------------------------------------------------------- pixel I/O
@@ -219,12 +220,21 @@ class _Lab:
             if not paths:
                 continue
             headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
-            normal = np.cross(np.asarray(headers[0].ImageOrientationPatient[:3], float),
-                              np.asarray(headers[0].ImageOrientationPatient[3:], float))
+            normal = np.cross(
+                np.asarray(headers[0].ImageOrientationPatient[:3], float),
+                np.asarray(headers[0].ImageOrientationPatient[3:], float),
+            )
             z = [float(np.dot(normal, np.asarray(h.ImagePositionPatient, float))) for h in headers]
             modality = "MR" if str(headers[0].Modality).upper() == "MR" else "CT"
-            studies.append(_Study(folder.relative_to(self.in_dir).as_posix(), paths, z,
-                                  float(headers[0].PixelSpacing[0]), modality))
+            studies.append(
+                _Study(
+                    folder.relative_to(self.in_dir).as_posix(),
+                    paths,
+                    z,
+                    float(headers[0].PixelSpacing[0]),
+                    modality,
+                )
+            )
         if not studies:
             raise TamperError(f"{self.in_dir}: no DICOM series found (one folder per study)")
         return studies
@@ -236,8 +246,11 @@ class _Lab:
         return self.out_dir / path.relative_to(self.in_dir)
 
     def _study_lesions(self, st: _Study) -> list[tuple[int, Lesion]]:
-        return [(i, les) for i, les in enumerate(self.lesions)
-                if les.study == st.name and i not in self.removed]
+        return [
+            (i, les)
+            for i, les in enumerate(self.lesions)
+            if les.study == st.name and i not in self.removed
+        ]
 
     def _avoid(self, st: _Study, k: int) -> list[tuple[float, float, float]]:
         out = []
@@ -250,8 +263,14 @@ class _Lab:
     def _free_slices(self, st: _Study) -> list[int]:
         return [k for k in range(len(st.paths)) if (st.name, k) not in self.touched]
 
-    def _example(self, attack: str, before: np.ndarray, after: np.ndarray, rec: TamperRecord,
-                 ds: pydicom.Dataset) -> None:
+    def _example(
+        self,
+        attack: str,
+        before: np.ndarray,
+        after: np.ndarray,
+        rec: TamperRecord,
+        ds: pydicom.Dataset,
+    ) -> None:
         if (attack, rec.modality) not in self.examples:
             b = np.asarray(apply_modality_lut(before, ds), np.float32)
             a = np.asarray(apply_modality_lut(after, ds), np.float32)
@@ -268,8 +287,9 @@ class _Lab:
                 continue
             c = int(rng.choice(free))
             radius_mm = float(rng.uniform(3.0, 10.0))
-            affected = [k for k in range(len(st.paths))
-                        if abs(st.z[k] - st.z[c]) < radius_mm * 0.95]
+            affected = [
+                k for k in range(len(st.paths)) if abs(st.z[k] - st.z[c]) < radius_mm * 0.95
+            ]
             if any((st.name, k) in self.touched for k in affected):
                 continue
             centre = _read(st.paths[c])
@@ -284,7 +304,8 @@ class _Lab:
             reach_px = r_px * (1 + float(np.sum(blob.amps))) + 2.0
             region_r = reach_px + 2.0
             ring = disc(centre.values.shape, x, y, region_r + 8) & ~disc(
-                centre.values.shape, x, y, region_r)
+                centre.values.shape, x, y, region_r
+            )
             if st.modality == "CT":
                 value = float(rng.uniform(10, 50))
             else:
@@ -300,7 +321,8 @@ class _Lab:
                 if frac.max() < 0.05:
                     continue
                 ring_k = disc(sl.values.shape, x, y, region_r + 8) & ~disc(
-                    sl.values.shape, x, y, region_r)
+                    sl.values.shape, x, y, region_r
+                )
                 sigma = _noise_sigma(sl.values, ring_k)
                 tex = ndimage.gaussian_filter(rng.normal(size=sl.values.shape), 2.0)
                 tex *= (0.06 * abs(value) + 8.0) / (tex.std() + 1e-9)
@@ -322,8 +344,11 @@ class _Lab:
         options = []
         for st in self.studies:
             for i, les in self._study_lesions(st):
-                affected = [k for k in range(len(st.paths))
-                            if les.radius_on_slice_mm(st.z[k]) > 0.3 * st.spacing]
+                affected = [
+                    k
+                    for k in range(len(st.paths))
+                    if les.radius_on_slice_mm(st.z[k]) > 0.3 * st.spacing
+                ]
                 if affected and not any((st.name, k) in self.touched for k in affected):
                     options.append((st, i, les, affected))
         if not options:
@@ -341,7 +366,8 @@ class _Lab:
             known = (~hole).astype(float)
             sig = max(2.0, hole_r / 2)
             fill = ndimage.gaussian_filter(sl.values * known, sig) / np.maximum(
-                ndimage.gaussian_filter(known, sig), 1e-6)
+                ndimage.gaussian_filter(known, sig), 1e-6
+            )
             ring = disc(shape, les.x, les.y, region_r + 8) & ~disc(shape, les.x, les.y, region_r)
             sigma = _noise_sigma(sl.values, ring)
             rows, cols = np.ogrid[: shape[0], : shape[1]]
@@ -404,11 +430,20 @@ class _Lab:
             region = disc(shape, x, y, region_r)
             before = dst.stored.copy()
             after = _write(dst, to_stored(new, dst.ds), region, self.out(st.paths[d]))
-            rec = TamperRecord("copy-move", st.name, st.modality, kind,
-                               regions=[Region(self.rel(st.paths[d]), x, y, region_r, d)],
-                               source={"path": self.rel(st.paths[s]), "x": int(sx), "y": int(sy),
-                                       "slice_index": s},
-                               radius_mm=r_px * st.spacing)
+            rec = TamperRecord(
+                "copy-move",
+                st.name,
+                st.modality,
+                kind,
+                regions=[Region(self.rel(st.paths[d]), x, y, region_r, d)],
+                source={
+                    "path": self.rel(st.paths[s]),
+                    "x": int(sx),
+                    "y": int(sy),
+                    "slice_index": s,
+                },
+                radius_mm=r_px * st.spacing,
+            )
             self.touched.add((st.name, d))
             self._example("copy-move", before, after, rec, dst.ds)
             return rec
@@ -430,8 +465,9 @@ class _Lab:
             else:
                 k = int(rng.choice(free))
                 sl = _read(st.paths[k])
-                loc = _pick(rng, candidate_mask(sl.values, st.modality, radius_px * 0.5),
-                            self._avoid(st, k))
+                loc = _pick(
+                    rng, candidate_mask(sl.values, st.modality, radius_px * 0.5), self._avoid(st, k)
+                )
                 if loc is None:
                     continue
                 (x, y), kind = loc, "FB"
@@ -453,9 +489,15 @@ class _Lab:
             new_stored = np.clip(sl.stored.astype(np.int64) + delta, lo_s, hi_s)
             before = sl.stored.copy()
             after = _write(sl, new_stored, region, self.out(st.paths[k]))
-            rec = TamperRecord("adversarial-noise", st.name, st.modality, kind,
-                               regions=[Region(self.rel(st.paths[k]), x, y, radius_px, k)],
-                               epsilon=step * slope, radius_mm=radius_px * st.spacing)
+            rec = TamperRecord(
+                "adversarial-noise",
+                st.name,
+                st.modality,
+                kind,
+                regions=[Region(self.rel(st.paths[k]), x, y, radius_px, k)],
+                epsilon=step * slope,
+                radius_mm=radius_px * st.spacing,
+            )
             self.touched.add((st.name, k))
             self._example("adversarial-noise", before, after, rec, sl.ds)
             return rec
@@ -479,8 +521,9 @@ class _Lab:
         rng.shuffle(on_lesion)  # type: ignore[arg-type]
         used: set[tuple[str, int, int, int]] = set()
         for st, k, les in on_lesion[: n // 2]:
-            rows.append(ManifestRow(self.rel(st.paths[k]), les.x, les.y, 0, GENUINE, "TM",
-                                    modality))
+            rows.append(
+                ManifestRow(self.rel(st.paths[k]), les.x, les.y, 0, GENUINE, "TM", modality)
+            )
             used.add((st.name, k, les.x, les.y))
         tries = 0
         while len(rows) < n and tries < 50 * max(n, 1):
@@ -491,12 +534,14 @@ class _Lab:
                 continue
             k = int(rng.choice(free))
             sl = _read(st.paths[k])
-            loc = _pick(rng, candidate_mask(sl.values, st.modality, 8 / st.spacing + 4),
-                        self._avoid(st, k))
+            loc = _pick(
+                rng, candidate_mask(sl.values, st.modality, 8 / st.spacing + 4), self._avoid(st, k)
+            )
             if loc is None:
                 continue
-            rows.append(ManifestRow(self.rel(st.paths[k]), loc[0], loc[1], 0, GENUINE, "TB",
-                                    modality))
+            rows.append(
+                ManifestRow(self.rel(st.paths[k]), loc[0], loc[1], 0, GENUINE, "TB", modality)
+            )
         if len(rows) < n:
             raise TamperError(
                 f"only {len(rows)} of {n} genuine control locations could be placed in "
@@ -544,20 +589,34 @@ def tamper_dataset(
         raise
 
 
-def _run(in_dir: Path, out_dir: Path, attacks: Sequence[str], count: int, seed: int,
-         epsilon_hu: float, epsilon_mr: float,
-         progress: Callable[[str], None] | None) -> TamperResult:
+def _run(
+    in_dir: Path,
+    out_dir: Path,
+    attacks: Sequence[str],
+    count: int,
+    seed: int,
+    epsilon_hu: float,
+    epsilon_mr: float,
+    progress: Callable[[str], None] | None,
+) -> TamperResult:
     lab = _Lab(in_dir, out_dir, seed, epsilon_hu, epsilon_mr)
     if "removal" in attacks and not lab.lesions:
         raise TamperError(
             f"removal needs {in_dir / LESIONS_CSV} (the genuine lesions, written by "
             "'tamperscan phantoms')"
         )
-    shutil.copytree(in_dir, out_dir, dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns(LESIONS_CSV, BTD_MANIFEST,
-                                                  CHAIMELEON_MANIFEST, REGIONS_JSON))
-    run = {"injection": lab.inject, "removal": lab.remove, "copy-move": lab.copy_move,
-           "adversarial-noise": lab.adversarial}
+    shutil.copytree(
+        in_dir,
+        out_dir,
+        dirs_exist_ok=True,
+        ignore=shutil.ignore_patterns(LESIONS_CSV, BTD_MANIFEST, CHAIMELEON_MANIFEST, REGIONS_JSON),
+    )
+    run = {
+        "injection": lab.inject,
+        "removal": lab.remove,
+        "copy-move": lab.copy_move,
+        "adversarial-noise": lab.adversarial,
+    }
     for attack in attacks:
         for i in range(count):
             rec = run[attack]()
@@ -571,7 +630,8 @@ def _run(in_dir: Path, out_dir: Path, attacks: Sequence[str], count: int, seed: 
                 progress(attack)
     tampered = [
         ManifestRow(r.path, r.x, r.y, 1, rec.attack, rec.type, rec.modality)
-        for rec in lab.records for r in rec.regions
+        for rec in lab.records
+        for r in rec.regions
     ]
     controls: list[ManifestRow] = []
     for modality in sorted({r.modality for r in tampered}):
@@ -581,8 +641,16 @@ def _run(in_dir: Path, out_dir: Path, attacks: Sequence[str], count: int, seed: 
     write_btd(rows, out_dir / BTD_MANIFEST)
     write_chaimeleon(rows, out_dir / CHAIMELEON_MANIFEST)
     with open(out_dir / REGIONS_JSON, "w") as fh:
-        json.dump({"seed": seed, "epsilon_hu": epsilon_hu, "epsilon_mr_fraction": epsilon_mr,
-                   "records": [asdict(r) for r in lab.records]}, fh, indent=1)
+        json.dump(
+            {
+                "seed": seed,
+                "epsilon_hu": epsilon_hu,
+                "epsilon_mr_fraction": epsilon_mr,
+                "records": [asdict(r) for r in lab.records],
+            },
+            fh,
+            indent=1,
+        )
     return TamperResult(rows, lab.records, lab.examples)
 
 

@@ -129,8 +129,9 @@ def read_manifest(path: str | Path) -> list[ManifestRow]:
                 x = int(round(float(rec[col_x])))
                 y = int(round(float(rec[col_y])))
             except (TypeError, ValueError):
-                raise ManifestError(f"{where}: x/y must be numbers, got "
-                                    f"{rec.get(col_x)!r}, {rec.get(col_y)!r}") from None
+                raise ManifestError(
+                    f"{where}: x/y must be numbers, got {rec.get(col_x)!r}, {rec.get(col_y)!r}"
+                ) from None
             kind = rec.get(col_type, "") if col_type else ""
             label = _label_of(rec[col_label] if col_label else kind, where)
             attack = rec.get(lower.get("attack", ""), "") or ""
@@ -143,7 +144,8 @@ def read_manifest(path: str | Path) -> list[ManifestRow]:
                 attack = GENUINE
             elif not attack or attack == GENUINE:
                 attack = default_attack or {"fm": "injection", "fb": "removal"}.get(
-                    kind.lower(), "unknown")
+                    kind.lower(), "unknown"
+                )
             modality = rec.get(lower.get("modality", ""), "") or ""
             if not rec[col_path]:
                 raise ManifestError(f"{where}: empty path")

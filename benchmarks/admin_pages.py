@@ -1,0 +1,200 @@
+"""Admin report speed with many studies: median latency of the studies list and a detail page.
+
+Fills a temporary SQLite database with N studies (default 100,000; two series, 3 instances,
+one current verdict each, every 50th flagged with regions) using bulk inserts, then serves
+the pages through the real app (session cookie, login, templates) with FastAPI's TestClient.
+Baseline, measured in the same run: the same page of the list fetched directly through
+SQLAlchemy (``storage.admin_queries.list_studies_page``) without HTTP or rendering.
+
+    .venv/bin/python benchmarks/admin_pages.py [--studies 100000] [--repeat 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from fastapi.testclient import TestClient  # noqa: E402
+from sqlalchemy import insert  # noqa: E402
+
+from admin.auth import hash_password  # noqa: E402
+from admin.http import create_app  # noqa: E402
+from admin.report import AdminReport  # noqa: E402
+from admin.settings import AdminSettings  # noqa: E402
+from storage import admin_queries as q  # noqa: E402
+from storage.db import Database  # noqa: E402
+from storage.models import Instance, Region, Series, Study, Verdict, utcnow  # noqa: E402
+from storage.users import add_user  # noqa: E402
+
+
+def fill(db: Database, n: int) -> None:
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    outcomes = ["clean", "clean", "clean", "not_scored", "suspicious"]
+    chunk = 10_000
+    with db.engine.begin() as conn:
+        for base in range(0, n, chunk):
+            ids = range(base + 1, min(n, base + chunk) + 1)
+            conn.execute(
+                insert(Study),
+                [
+                    {
+                        "id": i,
+                        "study_uid": f"1.2.826.0.1.{i}",
+                        "patient_id": f"P{i % 20000:06d}",
+                        "patient_name": f"DOE^PATIENT{i % 20000}",
+                        "study_date": "20260101",
+                        "state": "done",
+                        "version": 1,
+                        "first_received_at": start + timedelta(minutes=i),
+                        "last_received_at": start + timedelta(minutes=i),
+                    }
+                    for i in ids
+                ],
+            )
+            conn.execute(
+                insert(Series),
+                [
+                    {
+                        "id": 2 * i + k,
+                        "study_id": i,
+                        "series_uid": f"1.2.826.0.2.{i}.{k}",
+                        "modality": "CT" if i % 3 else "MR",
+                        "series_number": k + 1,
+                    }
+                    for i in ids
+                    for k in (0, 1)
+                ],
+            )
+            conn.execute(
+                insert(Instance),
+                [
+                    {
+                        "study_id": i,
+                        "series_id": 2 * i + (j % 2),
+                        "sop_instance_uid": f"1.2.826.0.3.{i}.{j}",
+                        "sop_class_uid": "1.2.840.10008.5.1.4.1.1.2",
+                        "transfer_syntax_uid": "1.2.840.10008.1.2.1",
+                        "instance_number": j,
+                        "file_path": f"x/{i}/{j}.dcm",
+                        "size_bytes": 1000,
+                        "sha256": "0" * 64,
+                        "calling_ae": f"CT{i % 7:02d}",
+                        "received_at": start + timedelta(minutes=i),
+                    }
+                    for i in ids
+                    for j in range(3)
+                ],
+            )
+            conn.execute(
+                insert(Verdict),
+                [
+                    {
+                        "id": i,
+                        "study_id": i,
+                        "study_version": 1,
+                        "outcome": "tampered" if i % 50 == 0 else outcomes[i % 5],
+                        "reason": "bench",
+                        "score": 0.5,
+                        "is_current": True,
+                        "created_at": start + timedelta(minutes=i),
+                    }
+                    for i in ids
+                ],
+            )
+            conn.execute(
+                insert(Region),
+                [
+                    {
+                        "verdict_id": i,
+                        "study_id": i,
+                        "series_uid": f"1.2.826.0.2.{i}.0",
+                        "sop_instance_uid": f"1.2.826.0.3.{i}.{j}",
+                        "x": 10 * j,
+                        "y": 10,
+                        "radius_px": 5.0,
+                        "source": "proposal",
+                        "scores": {"inpaint": {"raw": 1.0, "p": 0.001, "model": "m"}},
+                        "p_value": 0.001 * (j + 1),
+                        "flagged": j == 0,
+                    }
+                    for i in ids
+                    if i % 50 == 0
+                    for j in range(20)
+                ],
+            )
+
+
+def median_ms(fn, repeat: int) -> float:  # noqa: ANN001
+    fn()  # warm-up
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--studies", type=int, default=100_000)
+    parser.add_argument("--repeat", type=int, default=50)
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="tamperscan-bench-"))
+    db = Database(f"sqlite:///{tmp / 'bench.db'}")
+    db.migrate()
+    t = time.perf_counter()
+    fill(db, args.studies)
+    print(f"inserted {args.studies} studies in {time.perf_counter() - t:.1f} s")
+    with db.session() as session:
+        add_user(session, "bench", hash_password("bench-password"), "viewer", utcnow(), "bench")
+    app = create_app()
+    report = AdminReport(db, tmp, AdminSettings())
+    report.install(app)
+    client = TestClient(app)
+    login = client.get("/login").text
+    token = login.split('name="csrf_token" value="')[1].split('"')[0]
+    client.post(
+        "/login", data={"username": "bench", "password": "bench-password", "csrf_token": token}
+    )
+
+    def direct() -> None:
+        with db.reading() as session:
+            q.list_studies_page(session, q.StudyFilter())
+
+    def page(url: str):  # noqa: ANN202
+        def get() -> None:
+            response = client.get(url)
+            assert response.status_code == 200, (url, response.status_code)
+
+        return get
+
+    flagged = (args.studies // 50) * 50 or 1
+    results = {
+        "baseline: list query via SQLAlchemy, no HTTP/rendering": median_ms(direct, args.repeat),
+        "GET /studies (page 1, 50 rows)": median_ms(page("/studies"), args.repeat),
+        "GET /studies?verdict=tampered&modality=CT": median_ms(
+            page("/studies?verdict=tampered&modality=CT"), args.repeat
+        ),
+        "GET /studies?patient=P0012&page=3": median_ms(
+            page("/studies?patient=P0012&page=3"), args.repeat
+        ),
+        "GET /api/studies": median_ms(page("/api/studies"), args.repeat),
+        f"GET /studies/{flagged} (flagged, 20 regions)": median_ms(
+            page(f"/studies/{flagged}"), args.repeat
+        ),
+    }
+    baseline = next(iter(results.values()))
+    for name, ms in results.items():
+        print(f"{name:<58} median {ms:7.1f} ms   {ms / baseline:5.1f}x baseline")
+    db.dispose()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+"""``tamperscan retrain --now`` and ``tamperscan models list|promote|rollback``.
+
+``retrain --now`` runs the same job serve runs nightly (the registry's run lock refuses it
+while another run is going, in any process); it lowers its own CPU priority so a serve beside
+it keeps scoring at full speed. A promotion made here is picked up by serve within
+``[retrain] reload_interval_s``. Exit status: 0 done, 1 the run failed, 2 usage or
+configuration, 3 another run holds the lock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+from storage.db import Database
+from tamperscan.commands.service import add_config_option, settings_from_args
+from tamperscan.config import ConfigError, Settings
+from tamperscan.logs import setup_logging
+
+EXIT_FAILED, EXIT_USAGE, EXIT_BUSY = 1, 2, 3
+
+
+def _actor(args: argparse.Namespace) -> str:
+    return args.actor or f"cli:{getpass.getuser()}"
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "retrain",
+        help="retrain the detectors now on the curated genuine pool",
+        description="Run the scheduled retraining job now: select the genuine pool, fine-tune "
+        "each detector, gate the candidates on held-out patients and tamper-lab attacks, "
+        "promote those that pass. See [retrain] in config.toml.",
+    )
+    p.add_argument("--now", action="store_true", help="run now (required)")
+    p.add_argument("--actor", help="name recorded in the audit trail (default cli:$USER)")
+    add_config_option(p)
+    p.set_defaults(handler=_retrain)
+
+    m = subparsers.add_parser("models", help="the model registry: list, promote, roll back")
+    msub = m.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    lst = msub.add_parser("list", help="every model version, newest first")
+    lst.add_argument("--json", action="store_true")
+    lst.add_argument("--limit", type=int, default=50)
+    add_config_option(lst)
+    lst.set_defaults(handler=_list)
+    pro = msub.add_parser("promote", help="make a candidate or retired version production")
+    pro.add_argument("id", type=int)
+    pro.add_argument("--reason", default="promoted by hand")
+    pro.add_argument("--actor", help="name recorded in the audit trail (default cli:$USER)")
+    add_config_option(pro)
+    pro.set_defaults(handler=_promote)
+    rb = msub.add_parser("rollback", help="put the previous production version back")
+    rb.add_argument("modality", type=str.upper, choices=("CT", "MR"))
+    rb.add_argument("detector", choices=("btd", "inpaint"))
+    rb.add_argument("--actor", help="name recorded in the audit trail (default cli:$USER)")
+    add_config_option(rb)
+    rb.set_defaults(handler=_rollback)
+
+
+def _settings(args: argparse.Namespace) -> Settings | None:
+    try:
+        return settings_from_args(args)
+    except ConfigError as exc:
+        print(f"tamperscan: {exc}", file=sys.stderr)
+        return None
+
+
+def _db(settings: Settings) -> Database:
+    settings.storage.data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.storage.resolved_database_url())
+    db.migrate()
+    return db
+
+
+def _retrain(args: argparse.Namespace) -> int:
+    if not args.now:
+        print("tamperscan: retrain: nothing to do without --now (serve runs the schedule, "
+              "[retrain] cron)", file=sys.stderr)
+        return EXIT_USAGE
+    settings = _settings(args)
+    if settings is None:
+        return EXIT_USAGE
+    setup_logging(settings.logging.level, settings.logging.format)
+    from detector.retrain import RetrainBusy, Retrainer
+
+    try:
+        os.nice(10)  # serve's scoring, if it runs beside us, wins the CPU
+    except OSError:
+        logging.getLogger(__name__).warning("could not lower the CPU priority")
+    db = _db(settings)
+    try:
+        report = Retrainer(db, settings.storage.data_dir, settings.retrain).run(
+            "cli", _actor(args)
+        )
+    except RetrainBusy as exc:
+        print(f"tamperscan: {exc}", file=sys.stderr)
+        return EXIT_BUSY
+    finally:
+        db.dispose()
+    print(f"run {report.run_id} {report.state} in {report.seconds:.0f} s")
+    for modality, result in report.summary.items():
+        if "skipped" in result:
+            print(f"  {modality}: skipped: {result['skipped']}")
+            continue
+        for detector, outcome in result.items():
+            if "skipped" in outcome:
+                print(f"  {modality} {detector}: skipped: {outcome['skipped']}")
+            else:
+                verdict = "promoted" if outcome["promoted"] else "rejected"
+                print(f"  {modality} {detector}: version {outcome['version']} {verdict}: "
+                      f"{outcome['reason']}")
+    if report.error:
+        print(f"tamperscan: retraining failed: {report.error}", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from storage.registry import list_versions
+
+    settings = _settings(args)
+    if settings is None:
+        return EXIT_USAGE
+    db = _db(settings)
+    with db.reading() as session:
+        versions = list_versions(session, args.limit)
+    db.dispose()
+    rows = [
+        {
+            "id": v.id,
+            "detector": v.detector,
+            "modality": v.modality,
+            "state": v.state,
+            "created_at": v.created_at.isoformat(),
+            "promoted_at": v.promoted_at.isoformat() if v.promoted_at else None,
+            "run": v.run_id,
+            "parent": v.parent_id,
+            "auc": ((v.metrics or {}).get("gate") or {}).get("auc"),
+            "false_alarm_rate": ((v.metrics or {}).get("gate") or {}).get("false_alarm_rate"),
+            "checkpoint": v.checkpoint_path,
+            "sha256": v.sha256,
+            "reason": v.reason,
+        }
+        for v in versions
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no model versions yet (tamperscan retrain --now trains the first ones)")
+        return 0
+    for r in rows:
+        auc = "-" if r["auc"] is None else f"{r['auc']:.3f}"
+        far = "-" if r["false_alarm_rate"] is None else f"{r['false_alarm_rate']:.3f}"
+        print(f"{r['id']:>4}  {r['modality']:<2} {r['detector']:<7} {r['state']:<10} "
+              f"AUC {auc:<5} FA {far:<5} {r['created_at'][:19]}  {r['reason'] or ''}")
+    return 0
+
+
+def _promote(args: argparse.Namespace) -> int:
+    from storage.models import utcnow
+    from storage.registry import RegistryError, promote
+
+    settings = _settings(args)
+    if settings is None:
+        return EXIT_USAGE
+    db = _db(settings)
+    try:
+        with db.session() as session:
+            version = promote(session, args.id, _actor(args), utcnow(), args.reason)
+            print(f"version {version.id} ({version.modality} {version.detector}) is production")
+    except RegistryError as exc:
+        print(f"tamperscan: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        db.dispose()
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from storage.models import utcnow
+    from storage.registry import RegistryError, rollback
+
+    settings = _settings(args)
+    if settings is None:
+        return EXIT_USAGE
+    db = _db(settings)
+    try:
+        with db.session() as session:
+            version = rollback(session, args.modality, args.detector, _actor(args), utcnow())
+            print(f"version {version.id} ({args.modality} {args.detector}) is production again")
+    except RegistryError as exc:
+        print(f"tamperscan: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        db.dispose()
+    return 0
