@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from tamperscan import __version__, commands
+from tamperscan.config import ConfigError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +37,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(legacy.run_legacy(args_list))
     parser = build_parser()
     args = parser.parse_args(args_list)
-    return int(args.handler(args))
+    try:
+        return int(args.handler(args))
+    except ConfigError as exc:  # every command reads config.toml the same way
+        print(f"tamperscan: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -4,21 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from storage.db import Database
 from storage.deliveries import list_deliveries, resend
 from storage.models import utcnow
 from tamperscan.commands.service import add_config_option, settings_from_args
-from tamperscan.config import ConfigError
 
 
 def _deliveries(args: argparse.Namespace) -> int:
-    try:
-        settings = settings_from_args(args)
-    except ConfigError as exc:
-        print(f"tamperscan: {exc}", file=sys.stderr)
-        return 2
+    settings = settings_from_args(args)
     db = Database(settings.storage.resolved_database_url())
     try:
         db.migrate()

@@ -19,7 +19,7 @@ from typing import Any
 
 from storage.db import Database
 from tamperscan.commands.service import add_config_option, settings_from_args
-from tamperscan.config import ConfigError, Settings
+from tamperscan.config import Settings
 from tamperscan.logs import setup_logging
 
 EXIT_FAILED, EXIT_USAGE, EXIT_BUSY = 1, 2, 3
@@ -63,14 +63,6 @@ def register(subparsers: Any) -> None:
     rb.set_defaults(handler=_rollback)
 
 
-def _settings(args: argparse.Namespace) -> Settings | None:
-    try:
-        return settings_from_args(args)
-    except ConfigError as exc:
-        print(f"tamperscan: {exc}", file=sys.stderr)
-        return None
-
-
 def _db(settings: Settings) -> Database:
     settings.storage.data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.storage.resolved_database_url())
@@ -83,9 +75,7 @@ def _retrain(args: argparse.Namespace) -> int:
         print("tamperscan: retrain: nothing to do without --now (serve runs the schedule, "
               "[retrain] cron)", file=sys.stderr)
         return EXIT_USAGE
-    settings = _settings(args)
-    if settings is None:
-        return EXIT_USAGE
+    settings = settings_from_args(args)
     setup_logging(settings.logging.level, settings.logging.format)
     from detector.retrain import RetrainBusy, Retrainer
 
@@ -124,9 +114,7 @@ def _retrain(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     from storage.registry import list_versions
 
-    settings = _settings(args)
-    if settings is None:
-        return EXIT_USAGE
+    settings = settings_from_args(args)
     db = _db(settings)
     with db.reading() as session:
         versions = list_versions(session, args.limit)
@@ -167,9 +155,7 @@ def _promote(args: argparse.Namespace) -> int:
     from storage.models import utcnow
     from storage.registry import RegistryError, promote
 
-    settings = _settings(args)
-    if settings is None:
-        return EXIT_USAGE
+    settings = settings_from_args(args)
     db = _db(settings)
     try:
         with db.session() as session:
@@ -187,9 +173,7 @@ def _rollback(args: argparse.Namespace) -> int:
     from storage.models import utcnow
     from storage.registry import RegistryError, rollback
 
-    settings = _settings(args)
-    if settings is None:
-        return EXIT_USAGE
+    settings = settings_from_args(args)
     db = _db(settings)
     try:
         with db.session() as session:

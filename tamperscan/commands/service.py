@@ -55,11 +55,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    try:
-        settings = settings_from_args(args)
-    except ConfigError as exc:
-        print(f"tamperscan: {exc}", file=sys.stderr)
-        return 2
+    settings = settings_from_args(args)
     db = Database(settings.storage.resolved_database_url())
     db.migrate()
     with db.session() as session:
@@ -94,11 +90,7 @@ def _status(args: argparse.Namespace) -> int:
 def _echo(args: argparse.Namespace) -> int:
     from scp.echo import echo
 
-    try:
-        settings = settings_from_args(args)
-    except ConfigError as exc:
-        print(f"tamperscan: {exc}", file=sys.stderr)
-        return 2
+    settings = settings_from_args(args)
     host = args.host or (
         "127.0.0.1" if settings.scp.host in ("0.0.0.0", "::") else settings.scp.host
     )

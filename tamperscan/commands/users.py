@@ -15,7 +15,6 @@ from storage.db import Database
 from storage.models import ROLES, utcnow
 from storage.users import UserError, add_user, list_users, remove_user, set_password
 from tamperscan.commands.service import add_config_option, settings_from_args
-from tamperscan.config import ConfigError
 
 
 def _read_password(args: argparse.Namespace) -> str:
@@ -35,11 +34,7 @@ def _actor() -> str:
 
 
 def _users(args: argparse.Namespace) -> int:
-    try:
-        settings = settings_from_args(args)
-    except ConfigError as exc:
-        print(f"tamperscan: {exc}", file=sys.stderr)
-        return 2
+    settings = settings_from_args(args)
     db = Database(settings.storage.resolved_database_url())
     try:
         db.migrate()
