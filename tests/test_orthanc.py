@@ -247,9 +247,16 @@ def test_orthanc_pushes_by_c_store_and_receives_the_sr(
         and regions[0].ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
         == target_uid
     )
-    modalities = {
-        s["MainDicomTags"].get("Modality") for s in orthanc.get(f"/studies/{study_id}/series")
-    }
+    # The key image goes out after the SR in the same delivery: wait for it to land too.
+    deadline = time.monotonic() + 30
+    while True:
+        modalities = {
+            s["MainDicomTags"].get("Modality")
+            for s in orthanc.get(f"/studies/{study_id}/series")
+        }
+        if {"CT", "SR", "OT"} <= modalities or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert {"CT", "SR", "OT"} <= modalities  # the key image series arrived too
 
 
