@@ -8,10 +8,15 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import warnings
 from datetime import UTC, datetime
 from typing import Any
 
-_STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message",
+    "asctime",
+    "color_message",  # uvicorn's copy of msg with terminal colour codes
+}
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
@@ -55,3 +60,5 @@ def setup_logging(level: str = "INFO", fmt: str = "logfmt") -> None:
     # pynetdicom logs every PDU at INFO; keep its warnings, drop its chatter.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # denoising-diffusion-pytorch 1.8.x warns about torch.cuda.amp decorators at import time.
+    warnings.filterwarnings("ignore", category=FutureWarning, module="denoising_diffusion_pytorch")
