@@ -52,13 +52,16 @@ def register(subparsers: Any) -> None:
         description="Train a detector on folders of genuine DICOM files (one sub-folder per "
         "patient), hold out patients for calibration, and write a resumable checkpoint.",
     )
-    p.add_argument("--detector", choices=("btd", "inpaint"), required=True)
-    p.add_argument("--modality", type=str.upper, choices=("CT", "MR", "MRI"), required=True)
+    p.add_argument("--detector", choices=("btd", "inpaint"), required=True,
+                   help="btd: Back-in-Time Diffusion; inpaint: the CHAIMELEON-style inpainter")
+    p.add_argument("--modality", type=str.upper, choices=("CT", "MR", "MRI"), required=True,
+                   help="modality (and so preprocessing) of the training scans")
     p.add_argument("--data", required=True, help="folder of patient sub-folders of .dcm files")
     p.add_argument("--model-path", required=True, help="checkpoint to write (or resume)")
-    p.add_argument("--epochs", type=_positive, default=10)
-    p.add_argument("--batch-size", type=_positive, default=64)
-    p.add_argument("--num-workers", type=_non_negative, default=0)
+    p.add_argument("--epochs", type=_positive, default=10, help="passes over the data (10)")
+    p.add_argument("--batch-size", type=_positive, default=64, help="patches per step (64)")
+    p.add_argument("--num-workers", type=_non_negative, default=0,
+                   help="data-loading processes (0: in the training process)")
     p.add_argument("--regions", help="CSV 'filename, X, Y' of areas of interest to train on")
     p.add_argument("--resume", action="store_true", help="continue the checkpoint at --model-path")
     p.add_argument("--lr", type=float, help="learning rate (default 1e-4 BTD, 2e-4 inpaint)")
@@ -70,10 +73,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--hole-size", type=_positive, help="inpainting hidden centre (default patch/2)")
     p.add_argument("--patches-per-slice", type=_positive, default=4,
                    help="patches drawn per slice (or per region row) each epoch")
-    p.add_argument("--calibration-patches", type=_positive, default=512)
+    p.add_argument("--calibration-patches", type=_positive, default=512,
+                   help="held-out genuine patches scored for calibration (512)")
     p.add_argument("--max-steps", type=_positive, help="stop after this many optimiser steps")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed for patches and splits (0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=run_train)
 
