@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from detector.lab.manifest import ATTACKS, ManifestError
+from tamperscan.argtypes import positive
 
 EXIT_USAGE = 2
 
@@ -22,14 +23,6 @@ def _fail(message: str) -> int:
     return EXIT_USAGE
 
 
-def _positive(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
-    return n
 
 
 def _modality(value: str) -> str:
@@ -196,8 +189,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         required=True,
         help="CT (chest CT, CT Image Storage, HU) or MR (breast MRI, MR Image Storage)",
     )
-    p.add_argument("--studies", type=_positive, default=1, help="number of patients/studies")
-    p.add_argument("--slices", type=_positive, default=32, help="axial slices per series")
+    p.add_argument("--studies", type=positive, default=1, help="number of patients/studies")
+    p.add_argument("--slices", type=positive, default=32, help="axial slices per series")
     p.add_argument("--size", type=int, default=512, help="rows and columns of every slice")
     p.add_argument("--out", required=True, help="output folder (created; studies are added)")
     p.add_argument(
@@ -234,7 +227,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     t.add_argument(
         "--count",
-        type=_positive,
+        type=positive,
         default=5,
         help="attack instances per attack (an instance may span several slices; "
         "each tampered slice is one manifest row)",

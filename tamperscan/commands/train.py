@@ -12,27 +12,13 @@ import logging
 import sys
 from typing import Any
 
+from tamperscan.argtypes import non_negative, positive
+
 EXIT_USAGE = 2
 
 
-def _positive(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
-    return n
 
 
-def _non_negative(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {n}")
-    return n
 
 
 def _mults(value: str) -> tuple[int, ...]:
@@ -58,24 +44,24 @@ def register(subparsers: Any) -> None:
                    help="modality (and so preprocessing) of the training scans")
     p.add_argument("--data", required=True, help="folder of patient sub-folders of .dcm files")
     p.add_argument("--model-path", required=True, help="checkpoint to write (or resume)")
-    p.add_argument("--epochs", type=_positive, default=10, help="passes over the data (10)")
-    p.add_argument("--batch-size", type=_positive, default=64, help="patches per step (64)")
-    p.add_argument("--num-workers", type=_non_negative, default=0,
+    p.add_argument("--epochs", type=positive, default=10, help="passes over the data (10)")
+    p.add_argument("--batch-size", type=positive, default=64, help="patches per step (64)")
+    p.add_argument("--num-workers", type=non_negative, default=0,
                    help="data-loading processes (0: in the training process)")
     p.add_argument("--regions", help="CSV 'filename, X, Y' of areas of interest to train on")
     p.add_argument("--resume", action="store_true", help="continue the checkpoint at --model-path")
     p.add_argument("--lr", type=float, help="learning rate (default 1e-4 BTD, 2e-4 inpaint)")
-    p.add_argument("--patch-size", type=_positive,
+    p.add_argument("--patch-size", type=positive,
                    help="patch side (default BTD 96 CT / 128 MR, inpaint 128)")
-    p.add_argument("--model-dim", type=_positive,
+    p.add_argument("--model-dim", type=positive,
                    help="BTD Unet dim (default 32) / inpainting width (default 32)")
     p.add_argument("--dim-mults", type=_mults, help="BTD Unet stages, e.g. 1,2,4,8 (default)")
-    p.add_argument("--hole-size", type=_positive, help="inpainting hidden centre (default patch/2)")
-    p.add_argument("--patches-per-slice", type=_positive, default=4,
+    p.add_argument("--hole-size", type=positive, help="inpainting hidden centre (default patch/2)")
+    p.add_argument("--patches-per-slice", type=positive, default=4,
                    help="patches drawn per slice (or per region row) each epoch")
-    p.add_argument("--calibration-patches", type=_positive, default=512,
+    p.add_argument("--calibration-patches", type=positive, default=512,
                    help="held-out genuine patches scored for calibration (512)")
-    p.add_argument("--max-steps", type=_positive, help="stop after this many optimiser steps")
+    p.add_argument("--max-steps", type=positive, help="stop after this many optimiser steps")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--seed", type=int, default=0, help="seed for patches and splits (0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
