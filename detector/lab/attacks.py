@@ -35,8 +35,9 @@ import pydicom
 from pydicom.pixels import apply_modality_lut
 from scipy import ndimage
 
+from detector.lab.lesions import LESIONS_CSV, Lesion, read_lesions_csv
 from detector.lab.manifest import ATTACKS, GENUINE, ManifestRow, write_btd, write_chaimeleon
-from detector.lab.phantoms import LESIONS_CSV, Lesion, _make_blob, read_lesions_csv
+from detector.lab.shapes import make_blob
 from detector.slices import series_files
 
 BTD_MANIFEST = "manifest_btd.csv"
@@ -300,7 +301,7 @@ class _Lab:
                 continue
             x, y = loc
             kind = "solid-nodule" if st.modality == "CT" else "mass"
-            blob = _make_blob(rng, (0.0, 0.0, 0.0), radius_mm, kind, 0.0)
+            blob = make_blob(rng, (0.0, 0.0, 0.0), radius_mm, kind, 0.0)
             reach_px = r_px * (1 + float(np.sum(blob.amps))) + 2.0
             region_r = reach_px + 2.0
             ring = disc(centre.values.shape, x, y, region_r + 8) & ~disc(
