@@ -17,7 +17,7 @@ from detector.lab.attacks import ATTACKS, FAMILIES, TamperResult, tamper_dataset
 from detector.lab.phantoms import write_phantoms
 
 LAB_SIZE = 128
-LAB_SLICES = 12
+LAB_SLICES = 20
 
 
 @dataclass
@@ -57,7 +57,7 @@ def lab_set(tmp_path_factory: pytest.TempPathFactory) -> LabSet:
     models = {m: tiny_inpaint_checkpoint(root / f"{m}_inpaint.ckpt", m) for m in ("CT", "MR")}
     tampered = root / "tampered"
     result = tamper_dataset(
-        genuine, tampered, ATTACKS, count=1, seed=3, families=FAMILIES,
+        genuine, tampered, ATTACKS, count=0, seed=3, families=FAMILIES, min_rows=1,
         target_models=list(models.values()),
     )
     return LabSet(genuine, tampered, result, models)

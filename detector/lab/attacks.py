@@ -178,6 +178,9 @@ def _run(
         ignore=shutil.ignore_patterns(LESIONS_CSV, BTD_MANIFEST, CHAIMELEON_MANIFEST, REGIONS_JSON),
     )
     reserve_lesions(lab, seed)
+    # Removal needs particular lesions and their slices: it goes first, before other edits
+    # cover them.
+    attacks = sorted(attacks, key=lambda a: a != "removal")
     for family in families:
         for attack in attacks:
             for _ in range(count):

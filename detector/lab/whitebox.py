@@ -8,6 +8,9 @@ range for MR, rounded down to whole stored units). It starts from a random point
 epsilon ball (so the region always carries a perturbation) and averages the gradient over
 small shifts of the patch (expectation over transformation), so the effect survives a
 proposal a few pixels off. The score before and after (quantised) is kept in the record.
+A white-box attacker perturbs where the target can see: spots where less than a quarter of
+the disc lies inside the detector's intensity window (CT lung below -700 HU is clipped by the
+BTD window) are passed over.
 
 Only inpainting checkpoints are supported; a BTD checkpoint or a missing modality is refused
 with an error that says what to give. Nothing here is shared with family A.
@@ -35,6 +38,7 @@ from detector.lab.edits import (
 
 STEPS = 30
 SHIFTS = ((0, 0), (2, -2), (-2, 2))
+MIN_VISIBLE = 0.25  # share of the disc inside the detector's intensity window
 
 
 def targets_by_modality(paths: Any, modalities: set[str]) -> dict[str, Path]:
@@ -166,7 +170,11 @@ def attack(lab: LabState, studies: list[StudySeries]) -> TamperRecord | None:
         lo, hi = target.window(st, sl.values, lab)
         win = np.where(np.isnan(win), lo, win)
         shape_w = win.shape
-        inside = torch.from_numpy(disc(shape_w, half, half, radius_px).astype(np.float32))
+        in_disc = disc(shape_w, half, half, radius_px)
+        seen = (win[in_disc] > lo) & (win[in_disc] < hi)
+        if seen.mean() < MIN_VISIBLE:  # the detector's window clips this spot: go elsewhere
+            continue
+        inside = torch.from_numpy(in_disc.astype(np.float32))
         base = torch.from_numpy(win.astype(np.float32))
         delta = torch.from_numpy(rng.uniform(-bound, bound, shape_w).astype(np.float32))
         delta = (delta * inside).requires_grad_(True)

@@ -165,11 +165,21 @@ def _lesions(scene: ChestCT | BreastMR, protocol: Protocol, patient_id: str) -> 
     return out
 
 
-def generate_study(modality: str, slices: int, seed: int, size: int = 512) -> PhantomStudy:
-    """One synthetic patient/study/series of ``slices`` axial slices, deterministic by seed."""
+def generate_study(
+    modality: str, slices: int, seed: int, size: int = 512, protocol: Protocol | None = None
+) -> PhantomStudy:
+    """One synthetic patient/study/series of ``slices`` axial slices, deterministic by seed.
+
+    ``protocol`` overrides the drawn acquisition (kernel, dose, geometry, SNR); the patient's
+    anatomy is the same either way, since the protocol draw comes first and is always made.
+    """
     modality = _check(modality, slices, size)
     rng = np.random.default_rng([seed, MODALITIES.index(modality)])
-    protocol = draw_protocol(rng, modality)
+    drawn = draw_protocol(rng, modality)
+    if protocol is None:
+        protocol = drawn
+    elif protocol.modality != modality:
+        raise ValueError(f"a {protocol.modality} protocol cannot scan a {modality} phantom")
     info = study_info(rng, modality, seed, protocol)
     scene: ChestCT | BreastMR
     if modality == "CT":
