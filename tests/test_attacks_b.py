@@ -161,3 +161,17 @@ def test_min_rows_fills_every_cell(lab_set: LabSet, tmp_path: Path) -> None:  # 
         for family in FAMILIES:
             for modality in ("CT", "MR"):
                 assert cells[(attack, family, modality)] >= 4, cells
+
+
+def test_cli_family_b_writes_family_b_montages(lab_set: LabSet, tmp_path: Path,  # noqa: F811
+                                               capsys: pytest.CaptureFixture) -> None:
+    code = main(["tamper", "--in", str(lab_set.genuine), "--out", str(tmp_path / "o"),
+                 "--attack", "copy-move", "--family", "B", "--count", "2", "--seed", "9",
+                 "--montages", str(tmp_path / "m")])
+    assert code == 0, capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
+        "copy-move-b-mr.png", "copy-move-b.png"]
+    rows = read_manifest(tmp_path / "o" / BTD_MANIFEST)
+    fakes = [r for r in rows if r.label == 1]
+    assert {r.family for r in fakes} == {"B"}
+    assert all(n >= 2 for n in Counter(r.modality for r in fakes).values())

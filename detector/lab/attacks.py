@@ -47,6 +47,7 @@ CHAIMELEON_MANIFEST = "test.csv"
 REGIONS_JSON = "regions.json"
 DEFAULT_EPSILON_HU = 10.0
 DEFAULT_EPSILON_MR = 0.015
+CONTROL_SHARE = 0.25  # filling never leaves fewer of a modality's slices unedited
 
 __all__ = [
     "ATTACKS",
@@ -89,6 +90,8 @@ class TamperResult:
     records: list[TamperRecord]
     # One example per (attack, modality, family) for montages.
     examples: dict[tuple[str, str, str], Example] = field(default_factory=dict)
+    # "attack/family/modality" -> rows, for cells that stayed below min_rows (no room left).
+    short_cells: dict[str, int] = field(default_factory=dict)
 
 
 def tamper_dataset(
@@ -107,8 +110,11 @@ def tamper_dataset(
     """Copy ``in_dir`` to ``out_dir``, tamper, and write the manifests and ``regions.json``.
 
     ``count`` instances of each attack and family are drawn across all studies (an instance
-    may span several slices); then, with ``min_rows``, instances are added per modality until
-    every (attack, family, modality) cell has at least ``min_rows`` tampered slice rows.
+    may span several slices; no room for one is an error); then, with ``min_rows``, instances
+    are added per modality until every (attack, family, modality) cell has at least
+    ``min_rows`` tampered slice rows or no room is left for it (``short_cells`` says which);
+    an instance that would leave less than a quarter of a modality's slices unedited (the room
+    the genuine controls need) is taken back and closes its cell.
     ``target_models`` are the checkpoints family B's white-box attack differentiates (one per
     modality). Rows cover every tampered slice plus as many genuine controls.
     """
@@ -148,17 +154,27 @@ def tamper_dataset(
         raise
 
 
-def _place(lab: LabState, attack: str, family: str, modality: str | None) -> TamperRecord:
+def _place(lab: LabState, attack: str, family: str, modality: str | None) -> TamperRecord | None:
     rec = FAMILY_ATTACKS[family][attack](lab, lab.of_modality(modality))
-    if rec is None:
-        where = f" in {modality} studies" if modality else ""
-        raise TamperError(
-            f"could not place {attack} (family {family}){where}: no untouched slice/lesion "
-            "left; use fewer --count or more studies/slices"
-        )
-    rec.family = family
-    lab.records.append(rec)
+    if rec is not None:
+        rec.family = family
+        lab.records.append(rec)
     return rec
+
+
+def _unedited_share(lab: LabState, modality: str) -> float:
+    studies = lab.of_modality(modality)
+    total = sum(len(st.paths) for st in studies)
+    edited = sum(lab.edited(st, k) for st in studies for k in range(len(st.paths)))
+    return 1.0 - edited / max(total, 1)
+
+
+def _undo(lab: LabState, rec: TamperRecord, before: tuple) -> None:
+    """Take one instance back: its files get their genuine bytes again."""
+    for region in rec.regions:
+        shutil.copyfile(lab.in_dir / region.path, lab.out_dir / region.path)
+    lab.touched, lab.reserved, lab.removed, lab.examples = before
+    lab.records.remove(rec)
 
 
 def _run(
@@ -177,14 +193,18 @@ def _run(
         dirs_exist_ok=True,
         ignore=shutil.ignore_patterns(LESIONS_CSV, BTD_MANIFEST, CHAIMELEON_MANIFEST, REGIONS_JSON),
     )
-    reserve_lesions(lab, seed)
+    reserve_lesions(lab, seed, removal="removal" in attacks)
     # Removal needs particular lesions and their slices: it goes first, before other edits
     # cover them.
     attacks = sorted(attacks, key=lambda a: a != "removal")
     for family in families:
         for attack in attacks:
             for _ in range(count):
-                _place(lab, attack, family, None)
+                if _place(lab, attack, family, None) is None:
+                    raise TamperError(
+                        f"could not place {attack} (family {family}): no untouched slice/lesion "
+                        "left; use fewer --count or more studies/slices"
+                    )
                 if progress:
                     progress(attack)
     rows: Counter[tuple[str, str, str]] = Counter()
@@ -192,12 +212,21 @@ def _run(
         rows[(rec.attack, rec.family, rec.modality)] += len(rec.regions)
     modalities = sorted({st.modality for st in lab.studies})
     cells = [(a, f, m) for a in attacks for f in families for m in modalities]
-    while short := [c for c in cells if rows[c] < min_rows]:
-        for attack, family, modality in short:  # round robin: no cell starves the others
-            rec = _place(lab, attack, family, modality)
-            rows[(attack, family, modality)] += len(rec.regions)
+    full: set[tuple[str, str, str]] = set()  # cells with no room left
+    while short := [c for c in cells if rows[c] < min_rows and c not in full]:
+        for cell in short:  # round robin: no cell starves the others
+            before = (set(lab.touched), set(lab.reserved), set(lab.removed), dict(lab.examples))
+            rec = _place(lab, *cell)
+            if rec is not None and _unedited_share(lab, cell[2]) < CONTROL_SHARE:
+                _undo(lab, rec, before)  # the rest of the modality stays genuine for controls
+                rec = None
+            if rec is None:
+                full.add(cell)
+                continue
+            rows[cell] += len(rec.regions)
             if progress:
-                progress(attack)
+                progress(cell[0])
+    small = {f"{a}/{f}/{m}": rows[(a, f, m)] for a, f, m in cells if rows[(a, f, m)] < min_rows}
     tampered = [
         ManifestRow(r.path, r.x, r.y, 1, rec.attack, rec.type, rec.modality, family=rec.family)
         for rec in lab.records
@@ -216,9 +245,11 @@ def _run(
                 "families": list(families),
                 "epsilon_hu": lab.eps_hu,
                 "epsilon_mr_fraction": lab.eps_mr,
+                "min_rows": min_rows,
+                "short_cells": small,
                 "records": [asdict(r) for r in lab.records],
             },
             fh,
             indent=1,
         )
-    return TamperResult(manifest, lab.records, lab.examples)
+    return TamperResult(manifest, lab.records, lab.examples, small)

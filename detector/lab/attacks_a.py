@@ -182,6 +182,8 @@ def copy_move(lab: LabState, studies: list[StudySeries]) -> TamperRecord | None:
                 continue
             sx, sy = loc
             kind = "FB"
+        if lab.edited(st, s):  # copy genuine pixels, which stay in the scan
+            continue
         # A copy big enough to carry tissue: at least 5 px of exact core (about 10 mm).
         r_px = max(r_px, 5.0)
         d = int(rng.choice(free))
@@ -222,6 +224,7 @@ def copy_move(lab: LabState, studies: list[StudySeries]) -> TamperRecord | None:
             radius_mm=r_px * st.spacing,
         )
         lab.touched.add((st.name, d))
+        lab.keep_genuine(st, [s])
         lab.example("copy-move", before, after, rec, dst.ds)
         return rec
     return None

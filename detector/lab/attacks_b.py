@@ -252,7 +252,10 @@ def copy_move(lab: LabState, studies: list[StudySeries]) -> TamperRecord | None:
         d = int(rng.integers(len(st.paths)))
         s = min(s, len(st.paths) - n)
         dst_slices = list(range(d, d + n))
+        src_slices = list(range(s, s + n))
         if s < 0 or d + n > len(st.paths) or not _untouched(lab, st, dst_slices):
+            continue
+        if any(lab.edited(st, k) for k in src_slices):  # the source must stay genuine
             continue
         dst0 = read_slice_data(st.paths[d])
         keep_away = lesions_near(lab, st, d) + ([(sx, sy, 3 * region_r)] if abs(s - d) < n else [])
@@ -292,5 +295,6 @@ def copy_move(lab: LabState, studies: list[StudySeries]) -> TamperRecord | None:
             lab.touched.add((st.name, d + j))
             if j == 0:
                 lab.example("copy-move", before, after, rec, dst.ds)
+        lab.keep_genuine(st, src_slices)
         return rec
     return None

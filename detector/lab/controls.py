@@ -4,7 +4,8 @@ A genuine tumour must never be a "hit": every manifest holds genuine rows on rea
 (TM) beside genuine rows on plain tissue (TB), so "there is a lesion here" cannot separate
 tampered from genuine. Before any attack runs, :func:`reserve_lesions` sets aside about a
 quarter of each modality's lesions (at least one) and the slices they reach; no attack edits
-those slices, so TM controls always exist. Controls only use slices no attack edited.
+those slices, so TM controls exist whenever a modality has two lesions or more (or one and no
+removal). Controls only use slices no attack edited.
 """
 
 from __future__ import annotations
@@ -17,14 +18,18 @@ from detector.lab.manifest import GENUINE, ManifestRow
 RESERVED_FRACTION = 0.25
 
 
-def reserve_lesions(lab: LabState, seed: int) -> None:
-    """Keep some lesions of every modality untouched for TM controls (own generator)."""
+def reserve_lesions(lab: LabState, seed: int, removal: bool) -> None:
+    """Keep some lesions of every modality untouched for TM controls (own generator).
+
+    A modality with a single lesion keeps it only when no removal is asked for: the lab then
+    has on-lesion controls or a removal, not both (give more studies for both).
+    """
     rng = np.random.default_rng([seed, 2501])
     for modality in sorted({st.modality for st in lab.studies}):
         pool = [
             (st, i, les) for st in lab.of_modality(modality) for i, les in lab.known_lesions(st)
         ]
-        if not pool:
+        if not pool or (removal and len(pool) < 2):
             continue
         n = max(1, int(round(RESERVED_FRACTION * len(pool))))
         for j in rng.permutation(len(pool))[:n]:

@@ -171,7 +171,7 @@ class LabState:
         self.lesions: list[Lesion] = read_lesions_csv(lesion_file) if lesion_file.exists() else []
         # Slices no attack may edit: those already tampered plus the reserved ones.
         self.touched: set[tuple[str, int]] = set()
-        self.reserved: set[tuple[str, int]] = set()  # kept genuine for on-lesion controls
+        self.reserved: set[tuple[str, int]] = set()  # kept genuine: lesion controls, copy sources
         self.kept: set[int] = set()  # indices of lesions reserved as genuine controls
         self.removed: set[int] = set()
         self.records: list[TamperRecord] = []
@@ -226,6 +226,13 @@ class LabState:
     def study_lesions(self, st: StudySeries) -> list[tuple[int, Lesion]]:
         """Genuine lesions an attack may use (remove, copy, perturb): not reserved ones."""
         return [(i, les) for i, les in self.known_lesions(st) if i not in self.kept]
+
+    def keep_genuine(self, st: StudySeries, slices: list[int]) -> None:
+        """Copy-move sources: later attacks leave them alone, controls may still use them."""
+        for k in slices:
+            if (st.name, k) not in self.touched:
+                self.touched.add((st.name, k))
+                self.reserved.add((st.name, k))
 
     def edited(self, st: StudySeries, k: int) -> bool:
         """Whether slice ``k`` was tampered (reserved slices are untouched genuine ones)."""

@@ -39,9 +39,9 @@ class Kernel:
 
 
 KERNELS = {
-    "SOFT": Kernel("SOFT", 0.30, 0.0, 0.6),
-    "STANDARD": Kernel("STANDARD", 0.45, 0.0, 1.0),
-    "LUNG": Kernel("LUNG", 0.80, 0.6, 2.2),
+    "SOFT": Kernel("SOFT", 0.40, 0.0, 0.6),
+    "STANDARD": Kernel("STANDARD", 0.60, 0.0, 1.0),
+    "LUNG": Kernel("LUNG", 1.00, 0.6, 2.2),
 }
 REF_SIGMA_HU = 14.0  # STANDARD kernel, REF_MAS, REF_THICKNESS, average body
 REF_MAS = 200.0

@@ -97,19 +97,17 @@ class _Target:
         return lab.cache[key]
 
     def score(self, patch_values: Any, lo: float, hi: float) -> Any:
-        """Mean detector score over the shifted patches (B, S+4, S+4 modality units in)."""
+        """Mean detector score over the shifted patches ((S+4, S+4) modality units in)."""
         torch = self.torch
         unit = ((patch_values - lo) / (hi - lo)).clamp(0.0, 1.0)
-        s, scores = self.size, []
-        for dy, dx in SHIFTS:
-            p = unit[None, None, 2 + dy : 2 + dy + s, 2 + dx : 2 + dx + s]
-            pred = self.det.net(p)
-            err = ((pred - p) ** 2 * self.mask).sum() / self.mask.sum()
-            if self.det.scoring.normalise:
-                vis = p[0, 0][self.ring.bool()]
-                err = err / (vis.var() + self.det.scoring.eps)
-            scores.append(err)
-        return torch.stack(scores).mean()
+        s = self.size
+        batch = torch.stack([unit[2 + dy : 2 + dy + s, 2 + dx : 2 + dx + s] for dy, dx in SHIFTS])
+        p = batch[:, None].contiguous(memory_format=torch.channels_last)
+        err = ((self.det.net(p) - p) ** 2 * self.mask).sum(dim=(1, 2, 3)) / self.mask.sum()
+        if self.det.scoring.normalise:
+            vis = p[:, 0][:, self.ring.bool()]
+            err = err / (vis.var(dim=1) + self.det.scoring.eps)
+        return err.mean()
 
 
 def _target(lab: LabState, modality: str) -> _Target:

@@ -108,6 +108,12 @@ def run_tamper(args: argparse.Namespace) -> int:
             name = attack + ("" if family == "A" else f"-{family.lower()}")
             name += ".png" if modality == "CT" else "-mr.png"
             save_montage(before, after, rec, mdir / name)
+    for cell, n in sorted(result.short_cells.items()):
+        print(
+            f"note: {cell}: {n} of {args.count} tampered rows (no untouched room left; give "
+            "more studies or slices for a full cell)",
+            file=sys.stderr,
+        )
     n_fake = sum(r.label for r in result.rows)
     print(
         f"tampered {len(result.records)} instances ({n_fake} slice locations) + "
