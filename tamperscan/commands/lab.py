@@ -23,8 +23,6 @@ def _fail(message: str) -> int:
     return EXIT_USAGE
 
 
-
-
 def _modality(value: str) -> str:
     v = value.upper()
     if v == "MRI":
