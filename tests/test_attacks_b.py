@@ -175,3 +175,22 @@ def test_cli_family_b_writes_family_b_montages(lab_set: LabSet, tmp_path: Path, 
     fakes = [r for r in rows if r.label == 1]
     assert {r.family for r in fakes} == {"B"}
     assert all(n >= 2 for n in Counter(r.modality for r in fakes).values())
+
+
+def test_overfull_cells_stop_short_and_leave_room_for_controls(lab_set: LabSet,  # noqa: F811
+                                                               tmp_path: Path) -> None:
+    out = tmp_path / "full"
+    result = tamper_dataset(lab_set.genuine, out, ["adversarial-noise"], 0, seed=8,
+                            min_rows=1000)
+    assert set(result.short_cells) == {"adversarial-noise/A/CT", "adversarial-noise/A/MR"}
+    assert json.loads((out / REGIONS_JSON).read_text())["short_cells"] == result.short_cells
+    recorded = {reg.path for rec in result.records for reg in rec.regions}
+    for modality in ("CT", "MR"):
+        files = sorted(lab_set.genuine.glob(f"LAB-{modality}-*/*.dcm"))
+        edited = [f for f in files if f.read_bytes() != (out / f.relative_to(
+            lab_set.genuine)).read_bytes()]
+        assert 0 < len(edited) <= 0.75 * len(files)
+        # Every changed file is a recorded one: an instance taken back left no trace.
+        assert {f.relative_to(lab_set.genuine).as_posix() for f in edited} <= recorded
+    rows = read_manifest(out / BTD_MANIFEST)
+    assert sum(r.label == 0 for r in rows) == sum(r.label == 1 for r in rows)
