@@ -79,10 +79,11 @@ class _Target:
         from detector.inpainting import hole_mask, load_inpaint
 
         self.torch = torch
-        self.det = load_inpaint(str(path), modality, device="cpu", precision="fp32")
+        self.det = load_inpaint(str(path), modality, device="auto", precision="fp32")
         self.det.net.eval().requires_grad_(False)
+        self.device = self.det.device
         self.size = self.det.net.cfg.patch_size
-        self.mask = hole_mask(self.det.net.cfg)
+        self.mask = hole_mask(self.det.net.cfg).to(self.device)
         self.ring = 1.0 - self.mask
 
     def window(self, st: StudySeries, values: np.ndarray, lab: LabState) -> tuple[float, float]:
@@ -172,23 +173,30 @@ def attack(lab: LabState, studies: list[StudySeries]) -> TamperRecord | None:
         seen = (win[in_disc] > lo) & (win[in_disc] < hi)
         if seen.mean() < MIN_VISIBLE:  # the detector's window clips this spot: go elsewhere
             continue
-        inside = torch.from_numpy(in_disc.astype(np.float32))
-        base = torch.from_numpy(win.astype(np.float32))
-        delta = torch.from_numpy(rng.uniform(-bound, bound, shape_w).astype(np.float32))
-        delta = (delta * inside).requires_grad_(True)
-        with torch.no_grad():
-            before = float(target.score(base, lo, hi))
-        alpha = bound / 6
-        for _ in range(STEPS):
-            loss = target.score(base + delta * inside, lo, hi)
-            (grad,) = torch.autograd.grad(loss, delta)
+        dev = target.device
+        inside = torch.from_numpy(in_disc.astype(np.float32)).to(dev)
+        base = torch.from_numpy(win.astype(np.float32)).to(dev)
+        start = rng.uniform(-bound, bound, shape_w).astype(np.float32)
+        delta = (torch.from_numpy(start).to(dev) * inside).requires_grad_(True)
+        threads = torch.get_num_threads()
+        if dev.type == "cpu":  # a small net: one thread beats contended OpenMP barriers
+            torch.set_num_threads(1)
+        try:
             with torch.no_grad():
-                delta -= alpha * grad.sign()
-                delta.clamp_(-bound, bound)
-        units = np.rint(delta.detach().numpy() * inside.numpy() / slope)
-        units = np.clip(units, -step_units, step_units)
-        with torch.no_grad():
-            after = float(target.score(base + torch.from_numpy(units * slope).float(), lo, hi))
+                before = float(target.score(base, lo, hi))
+            for _ in range(STEPS):
+                loss = target.score(base + delta * inside, lo, hi)
+                (grad,) = torch.autograd.grad(loss, delta)
+                with torch.no_grad():
+                    delta -= (bound / 6) * grad.sign()
+                    delta.clamp_(-bound, bound)
+            units = np.rint((delta * inside).detach().cpu().numpy() / slope)
+            units = np.clip(units, -step_units, step_units)
+            with torch.no_grad():
+                quantised = torch.from_numpy(units * slope).float().to(dev)
+                after = float(target.score(base + quantised, lo, hi))
+        finally:
+            torch.set_num_threads(threads)
         full = np.zeros(sl.values.shape)
         r0, c0 = y - half, x - half
         rs, cs = max(r0, 0), max(c0, 0)
