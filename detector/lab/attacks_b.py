@@ -259,10 +259,17 @@ def copy_move(lab: LabState, studies: list[StudySeries]) -> TamperRecord | None:
             continue
         dst0 = read_slice_data(st.paths[d])
         keep_away = lesions_near(lab, st, d) + ([(sx, sy, 3 * region_r)] if abs(s - d) < n else [])
-        spot = choose_spot(rng, tissue_mask(dst0.values, st.modality), region_r + 3, keep_away)
+        # The centre in tissue; the disc may reach past its edge, as a pasted region does.
+        spot = choose_spot(
+            rng, tissue_mask(dst0.values, st.modality), 0.6 * region_r + 2, keep_away
+        )
         if spot is None:
             continue
         x, y = spot
+        half = int(np.ceil(region_r)) + 2
+        rows, cols = dst0.values.shape
+        if not (half < x < cols - half - 1 and half < y < rows - half - 1):
+            continue
         rec = TamperRecord(
             "copy-move",
             st.name,
@@ -273,7 +280,6 @@ def copy_move(lab: LabState, studies: list[StudySeries]) -> TamperRecord | None:
             family="B",
             detail={**t, "slices": n},
         )
-        half = int(np.ceil(region_r)) + 2
         for j in range(n):
             dst = dst0 if j == 0 else read_slice_data(st.paths[d + j])
             src = read_slice_data(st.paths[s + j]).values
