@@ -213,19 +213,21 @@ def _run(
     modalities = sorted({st.modality for st in lab.studies})
     cells = [(a, f, m) for a in attacks for f in families for m in modalities]
     full: set[tuple[str, str, str]] = set()  # cells with no room left
-    while short := [c for c in cells if rows[c] < min_rows and c not in full]:
-        for cell in short:  # round robin: no cell starves the others
-            before = (set(lab.touched), set(lab.reserved), set(lab.removed), dict(lab.examples))
-            rec = _place(lab, *cell)
-            if rec is not None and _unedited_share(lab, cell[2]) < CONTROL_SHARE:
-                _undo(lab, rec, before)  # the rest of the modality stays genuine for controls
-                rec = None
-            if rec is None:
-                full.add(cell)
-                continue
-            rows[cell] += len(rec.regions)
-            if progress:
-                progress(cell[0])
+    # Removal cells fill first (they need particular lesions), then the rest round robin.
+    for group in ([c for c in cells if c[0] == "removal"], [c for c in cells if c[0] != "removal"]):
+        while short := [c for c in group if rows[c] < min_rows and c not in full]:
+            for cell in short:  # round robin: no cell starves the others
+                before = (set(lab.touched), set(lab.reserved), set(lab.removed), dict(lab.examples))
+                rec = _place(lab, *cell)
+                if rec is not None and _unedited_share(lab, cell[2]) < CONTROL_SHARE:
+                    _undo(lab, rec, before)  # the rest stays genuine for the controls
+                    rec = None
+                if rec is None:
+                    full.add(cell)
+                    continue
+                rows[cell] += len(rec.regions)
+                if progress:
+                    progress(cell[0])
     small = {f"{a}/{f}/{m}": rows[(a, f, m)] for a, f, m in cells if rows[(a, f, m)] < min_rows}
     tampered = [
         ManifestRow(r.path, r.x, r.y, 1, rec.attack, rec.type, rec.modality, family=rec.family)
