@@ -239,10 +239,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--count",
         type=positive,
         default=30,
-        help="tampered slice rows per attack, modality and family, at least (instances are "
-        "added until every cell has this many; an instance may span several slices and "
-        "each tampered slice is one manifest row). 30 rows x 4 attacks fit a 10-study, "
-        "32-slice lab per modality for one family; for --family all give 48 or more slices",
+        help="tampered slice rows wanted per attack, modality and family (instances are "
+        "added until every cell has this many or no room is left, which is reported; an "
+        "instance may span several slices and each tampered slice is one manifest row). "
+        "A 10-study, 32-slice lab per modality fills every cell of one family; "
+        "--family all needs more slices or studies",
     )
     t.add_argument(
         "--family",
