@@ -32,7 +32,7 @@ from detector.activity import ScoringActivity
 from detector.interface import Location
 from detector.proposals import Proposal, propose
 from detector.settings import DetectorSettings
-from storage.admin_queries import requested_regions_by_sop
+from storage.admin_actions import requested_regions_by_sop
 from storage.db import Database
 from storage.jobs import RegionRecord
 from storage.models import CLEAN, NOT_SCORED, SUSPICIOUS, TAMPERED
