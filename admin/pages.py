@@ -111,13 +111,19 @@ def page_router(ctx: ReportContext, api_spec: Callable[[], dict[str, Any]]) -> A
         ]
         start = None
         if d.findings:
-            start = (d.findings[0].series.id, d.findings[0].shown_slice.position)
+            start = [d.findings[0].series.id, d.findings[0].shown_slice.position]
+        requested: dict[int, list[list[float]]] = {}
+        for r in d.requested:
+            sl = d.slices.get(r.sop_instance_uid)
+            if sl is not None:
+                requested.setdefault(sl.id, []).append([r.x, r.y, r.radius_px])
         return ctx.render(
             request,
             "study.html",
             d=d,
             s=d.study,
-            viewer_json=json.dumps({"study": d.study.id, "series": viewer_data, "start": start}),
+            viewer={"study": d.study.id, "series": viewer_data, "start": start},
+            requested=requested,
         )
 
     @router.get("/models", response_class=HTMLResponse)

@@ -37,6 +37,7 @@ class SliceInfo:
     number: int | None  # Instance Number
     sop_uid: str
     sha: str  # sha256 prefix: image URLs change when the bytes do
+    series_id: int = 0
     flagged: bool = False
     regions: int = 0
 
@@ -91,6 +92,8 @@ class StudyDetail:
     provenance: Provenance
     region_marks: dict[int, str] = field(default_factory=dict)
     slices: dict[str, SliceInfo] = field(default_factory=dict)  # SOP Instance UID -> slice
+    # Instance id -> [x, y, radius, flagged] of every region of the current verdict on it.
+    overlays: dict[int, list[list[Any]]] = field(default_factory=dict)
 
 
 def _series(session: Session, study_id: int) -> list[SeriesInfo]:
@@ -123,7 +126,7 @@ def _series(session: Session, study_id: int) -> list[SeriesInfo]:
                 series_number=s.series_number,
                 description=s.description,
                 slices=[
-                    SliceInfo(r.id, i, r.instance_number, r.sop_instance_uid, r.sha256[:12])
+                    SliceInfo(r.id, i, r.instance_number, r.sop_instance_uid, r.sha256[:12], s.id)
                     for i, r in enumerate(members, start=1)
                 ],
                 calling_aes=sorted({r.calling_ae for r in members if r.calling_ae}),
@@ -296,6 +299,7 @@ def study_detail(session: Session, study_id: int, max_unflagged: int = 200) -> S
     flagged: list[Region] = []
     unflagged: list[Region] = []
     checked = 0
+    overlays: dict[int, list[list[Any]]] = {}
     if current is not None:
         checked = int(
             session.scalar(select(func.count()).where(Region.verdict_id == current.id)) or 0
@@ -313,19 +317,17 @@ def study_detail(session: Session, study_id: int, max_unflagged: int = 200) -> S
                 .limit(max_unflagged)
             ).all()
         )
-        counts: dict[str, int] = {}
-        for sop, n in session.execute(
-            select(Region.sop_instance_uid, func.count())
-            .where(Region.verdict_id == current.id)
-            .group_by(Region.sop_instance_uid)
+        for sop, x, y, radius, is_flagged in session.execute(
+            select(
+                Region.sop_instance_uid, Region.x, Region.y, Region.radius_px, Region.flagged
+            ).where(Region.verdict_id == current.id)
         ):
-            counts[sop] = int(n)
-        for sop, n in counts.items():
-            if sop in slices:
-                slices[sop].regions = n
-        for r in flagged:
-            if r.sop_instance_uid in slices:
-                slices[r.sop_instance_uid].flagged = True
+            found = slices.get(sop)
+            if found is None:
+                continue
+            found.regions += 1
+            found.flagged = found.flagged or bool(is_flagged)
+            overlays.setdefault(found.id, []).append([x, y, radius or 8.0, int(bool(is_flagged))])
     verdict_ids = [v.id for v in verdicts]
     deliveries = (
         list(
@@ -365,4 +367,5 @@ def study_detail(session: Session, study_id: int, max_unflagged: int = 200) -> S
         provenance=provenance(session, study_id),
         region_marks={m.region_id: m.label for m in marks if m.region_id is not None},
         slices=slices,
+        overlays=overlays,
     )
