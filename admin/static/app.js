@@ -113,7 +113,10 @@ function setupViewer() {
     event.preventDefault();
     show(position + (event.deltaY > 0 ? 1 : -1));
   }, { passive: false });
-  root.addEventListener("keydown", (event) => {
+  document.addEventListener("keydown", (event) => {
+    if (event.target.closest("input, select, textarea, button")) return;
+    const box = root.getBoundingClientRect();
+    if (box.bottom < 0 || box.top > window.innerHeight) return; // the viewer is not on screen
     if (event.key === "ArrowDown" || event.key === "ArrowRight") show(position + 1);
     else if (event.key === "ArrowUp" || event.key === "ArrowLeft") show(position - 1);
     else return;
