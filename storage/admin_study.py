@@ -60,7 +60,7 @@ class FindingView:
     number: int
     series: SeriesInfo
     regions: list[Region]
-    shown: Region  # lowest p among the members, preferring one with a heatmap
+    shown: Region  # lowest p, preferring a heatmap, then the centre slice
     first: SliceInfo
     last: SliceInfo
     shown_slice: SliceInfo
@@ -185,10 +185,15 @@ def _findings(
         if not members:
             continue
         members.sort(key=lambda r: (slices[r.sop_instance_uid].position, r.id))
+        middle = (len(members) - 1) / 2  # among equals, the lesion's centre slice
         shown = min(
-            members,
-            key=lambda r: (r.heatmap_path is None, r.p_value if r.p_value is not None else 2.0),
-        )
+            enumerate(members),
+            key=lambda ir: (
+                ir[1].heatmap_path is None,
+                ir[1].p_value if ir[1].p_value is not None else 2.0,
+                abs(ir[0] - middle),
+            ),
+        )[1]
         checks: dict[str, dict[str, Any]] = {}
         for r in members:
             for name, sc in (r.scores or {}).items():
