@@ -18,6 +18,7 @@ from fastapi.responses import Response
 from fastapi.templating import Jinja2Templates
 
 from admin.auth import Auth
+from admin.forms import StudyQuery
 from admin.settings import AdminSettings
 from storage import admin_metrics, admin_models
 from storage.admin_views import StudyFilter
@@ -92,11 +93,9 @@ class ReportContext:
         )
         return self.templates.TemplateResponse(request, name, context, status_code=status)
 
-    def study_filter(self, query: Any) -> StudyFilter:
+    def study_filter(self, query: StudyQuery) -> StudyFilter:
         """A validated ``forms.StudyQuery`` as the storage filter, with [admin] thresholds."""
-        f: StudyFilter = query.to_filter(
-            self.settings.delivery_overdue_s, self.settings.job_stuck_s
-        )
+        f = query.to_filter(self.settings.delivery_overdue_s, self.settings.job_stuck_s)
         f.now = utcnow()
         return f
 

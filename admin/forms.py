@@ -14,7 +14,14 @@ from typing import Annotated, Literal
 from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field
 
-from storage.admin_views import DELIVERY_FILTERS, JOB_FILTERS, SORTS, AuditFilter, StudyFilter
+from storage.admin_views import (
+    DELIVERY_FILTERS,
+    FLAGGED,
+    JOB_FILTERS,
+    SORTS,
+    AuditFilter,
+    StudyFilter,
+)
 from storage.models import VERDICT_OUTCOMES
 
 MAX_ID = 2**63 - 1  # SQLite INTEGER, PostgreSQL BIGINT
@@ -26,7 +33,7 @@ InstanceId = Annotated[int, Path(ge=1, le=MAX_ID, description="instance id")]
 RegionId = Annotated[int, Path(ge=1, le=MAX_ID, description="region id")]
 VersionId = Annotated[int, Path(ge=1, le=MAX_ID, description="model version id")]
 
-VerdictChoice = Literal[(*VERDICT_OUTCOMES, "none")]  # type: ignore[valid-type]
+VerdictChoice = Literal[(*VERDICT_OUTCOMES, FLAGGED, "none")]  # type: ignore[valid-type]
 SortChoice = Literal[tuple(SORTS)]  # type: ignore[valid-type]
 DeliveryChoice = Literal[DELIVERY_FILTERS]  # type: ignore[valid-type]
 JobChoice = Literal[JOB_FILTERS]  # type: ignore[valid-type]

@@ -39,9 +39,7 @@ def _window(ds: pydicom.Dataset, modality: str) -> tuple[float, float] | None:
     return DEFAULT_CT_WINDOW
 
 
-def slice_grey(
-    path: Path, modality: str, window: tuple[float, float] | None = None
-) -> np.ndarray:
+def slice_grey(path: Path, modality: str, window: tuple[float, float] | None = None) -> np.ndarray:
     """The slice as 8-bit grey, through ``window`` (centre, width) or its own window."""
     try:
         ds = pydicom.dcmread(path)

@@ -18,6 +18,10 @@ from typing import Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exception_handlers import (
+    http_exception_handler,
+    request_validation_exception_handler,
+)
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -125,15 +129,13 @@ class AdminReport:
     async def _on_invalid(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
         if _wants_json(request):
-            return JSONResponse({"detail": exc.errors()}, status_code=422)
+            return await request_validation_exception_handler(request, exc)
         return self._error(request, 422, "Invalid request", _validation_message(exc))
 
     async def _on_http_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         if _wants_json(request) or exc.status_code not in (404, 405):
-            return JSONResponse(
-                {"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers
-            )
+            return await http_exception_handler(request, exc)
         title = "Not found" if exc.status_code == 404 else "Not allowed here"
         return self._error(request, exc.status_code, title, str(exc.detail))
 

@@ -8,6 +8,7 @@ puts the sha256 in the URL, so a replaced instance gets a new URL.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -18,6 +19,8 @@ from admin.auth import CurrentUser
 from admin.context import ReportContext
 from admin.forms import ImageQuery, InstanceId, RegionId, StudyId
 from storage import admin_images
+from storage.admin_images import SliceFile
+from storage.models import Region
 
 # Window presets (centre, width in HU) the viewer offers for CT.
 WINDOWS = {
@@ -80,7 +83,7 @@ def slice_router(ctx: ReportContext) -> APIRouter:
             return JSONResponse({"detail": str(exc)}, status_code=422)
         return _png(body, etag, cache)
 
-    def _region(region_id: int) -> tuple | None:
+    def _region(region_id: int) -> tuple[Region, SliceFile, Path | None] | None:
         with ctx.db.reading() as session:
             found = admin_images.region_with_file(session, region_id)
         if found is None:

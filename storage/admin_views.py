@@ -19,6 +19,8 @@ from storage.models import (
     DELIVERY_PENDING,
     JOB_QUEUED,
     JOB_RUNNING,
+    SUSPICIOUS,
+    TAMPERED,
     VERDICT_OUTCOMES,
     AuditEvent,
     Delivery,
@@ -37,6 +39,7 @@ SORTS = {
     "state": Study.state,
 }
 PAGE_SIZES = (25, 50, 100)
+FLAGGED = "flagged"  # verdict filter: tampered or suspicious
 # Delivery filters of the studies list: the dashboard's tiles link to them.
 DELIVERY_FILTERS = ("pending", "overdue", "failed")
 # Job filters: queued, running, or stuck (see ``stuck_jobs_clause``).
@@ -45,7 +48,7 @@ JOB_FILTERS = ("queued", "running", "stuck")
 
 @dataclass
 class StudyFilter:
-    verdict: str | None = None  # an outcome, or "none" for studies without a verdict yet
+    verdict: str | None = None  # an outcome, "flagged" (tampered or suspicious), or "none"
     date_from: date | None = None  # last received, UTC day
     date_to: date | None = None
     modality: str | None = None
@@ -116,10 +119,11 @@ def _filtered(f: StudyFilter) -> Select[Any]:
             ~exists().where(Verdict.study_id == Study.id, Verdict.is_current.is_(True))
         )
     elif f.verdict:
+        outcomes = [TAMPERED, SUSPICIOUS] if f.verdict == FLAGGED else [f.verdict]
         query = query.where(
             Study.id.in_(
                 select(Verdict.study_id).where(
-                    Verdict.outcome == f.verdict, Verdict.is_current.is_(True)
+                    Verdict.outcome.in_(outcomes), Verdict.is_current.is_(True)
                 )
             )
         )
@@ -254,7 +258,7 @@ def filter_choices(session: Session) -> dict[str, list[str]]:
     return {
         "modalities": sorted(m for m in modalities if m),
         "calling_aes": sorted(a for a in aes if a),
-        "verdicts": [*VERDICT_OUTCOMES, "none"],
+        "verdicts": [*VERDICT_OUTCOMES, FLAGGED, "none"],
     }
 
 

@@ -146,6 +146,9 @@ def test_triage_a_tampered_study_in_chromium(service_factory: Any, tmp_path: Pat
         page.click("#tile-pending")
         expect(page.locator("table.studies tbody tr")).to_have_count(1)
 
+        for path in ("/studies", "/models"):
+            page.goto(f"{base}{path}")
+            _no_sideways_scroll(page)
         page.goto(f"{base}/audit")
         expect(page.locator("table.audit")).to_contain_text("instance.replaced")
         expect(page.locator(f"table.audit a[href='/studies/{study_id}']").first).to_be_visible()

@@ -90,6 +90,7 @@ def test_dashboard_shows_a_pending_delivery_older_than_the_threshold_as_a_warnin
     listed = client.get("/api/studies", params={"delivery": "overdue"}).json()
     assert [s["id"] for s in listed["studies"]] == [study]
     assert client.get("/api/studies", params={"delivery": "failed"}).json()["total"] == 0
+    assert client.get("/api/studies", params={"verdict": "flagged"}).json()["total"] == 1
     lenient = world["client_for"](delivery_overdue_s=3600.0)  # the threshold is configurable
     assert 'id="status">All clear' in lenient.get("/").text
     with service.db.session() as session:
