@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -25,6 +26,18 @@ from storage.models import Instance, Series, Study, utcnow
 from storage.users import add_user
 
 PASSWORDS = {"alice": "admin-password-1", "victor": "viewer-password-1"}
+
+
+def migrated_service(tmp: Path) -> Any:
+    """A migrated (not started) service on ``tmp`` with the two test users."""
+    from tamperscan.service import Service
+    from tests.conftest import make_settings
+
+    service = Service(make_settings(tmp))
+    service.settings.storage.data_dir.mkdir(parents=True, exist_ok=True)
+    service.db.migrate()
+    add_test_users(service.db)
+    return service
 
 
 def add_test_users(db: Database) -> None:

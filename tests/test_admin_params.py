@@ -16,8 +16,7 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
 from tamperscan.service import Service
-from tests.admin_helpers import add_test_users, record_flagged_verdict, store_phantom_study
-from tests.conftest import make_settings
+from tests.admin_helpers import migrated_service, record_flagged_verdict, store_phantom_study
 from tests.test_admin_routes import login
 
 HUGE = str(10**20)
@@ -27,10 +26,7 @@ HOSTILE = (HUGE, str(2**63), "-1", "0", "abc", "1e3", "9" * 400)
 @pytest.fixture(scope="module")
 def admin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("params")
-    service = Service(make_settings(tmp))
-    service.settings.storage.data_dir.mkdir(parents=True, exist_ok=True)
-    service.db.migrate()
-    add_test_users(service.db)
+    service = migrated_service(tmp)
     study_id = store_phantom_study(service.store, tmp / "phantoms")
     record_flagged_verdict(service.db, service.settings.storage.data_dir, study_id)
     client = TestClient(service.app, raise_server_exceptions=False)

@@ -25,14 +25,12 @@ from storage.models import (
     utcnow,
 )
 from storage.registry import add_version
-from tamperscan.service import Service
 from tests.admin_helpers import (
     PASSWORDS,
-    add_test_users,
+    migrated_service,
     record_flagged_verdict,
     store_phantom_study,
 )
-from tests.conftest import make_settings
 
 PUBLIC = {"/login", "/healthz", "/readyz"}
 
@@ -41,10 +39,7 @@ PUBLIC = {"/login", "/healthz", "/readyz"}
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A migrated (not started) service with two users and one flagged phantom study."""
     tmp = tmp_path_factory.mktemp("admin")
-    service = Service(make_settings(tmp))
-    service.settings.storage.data_dir.mkdir(parents=True, exist_ok=True)
-    service.db.migrate()
-    add_test_users(service.db)
+    service = migrated_service(tmp)
     study_id = store_phantom_study(service.store, tmp / "phantoms")
     record_flagged_verdict(service.db, service.settings.storage.data_dir, study_id)
     with service.db.reading() as session:

@@ -19,15 +19,13 @@ from admin.http import create_app
 from admin.report import AdminReport
 from storage.audit import audit
 from storage.models import Delivery, Instance, Job, Study, utcnow
-from tamperscan.service import Service
 from tests.admin_helpers import (
     add_pending_delivery,
-    add_test_users,
+    migrated_service,
     record_scored_verdict,
     resend_changed,
     store_phantom_study,
 )
-from tests.conftest import make_settings
 from tests.test_admin_routes import login
 
 CT_MODEL = [{"name": "inpaint", "modality": "CT", "version": "0123456789abcdef"}]
@@ -38,11 +36,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """An 8-slice phantom CT with two lesions flagged (three slices, one slice) whose regions
     carry no finding numbers (an older scorer), and one slice re-sent with new bytes."""
     tmp = tmp_path_factory.mktemp("triage")
-    service = Service(make_settings(tmp))
+    service = migrated_service(tmp)
     data_dir = service.settings.storage.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True)
-    service.db.migrate()
-    add_test_users(service.db)
     study_id = store_phantom_study(service.store, tmp / "phantoms", slices=8)
     resend_changed(service.store, sorted((tmp / "phantoms").rglob("*.dcm"))[5], "WS-07", "10.9.8.7")
     with service.db.reading() as session:
