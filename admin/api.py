@@ -54,34 +54,36 @@ def past_the_end(page: int, total: int, per_page: int) -> bool:
     return page > 1 and (page - 1) * per_page >= total
 
 
-def study_json(d: admin_study.StudyDetail) -> dict[str, Any]:
-    s = d.study
-    regions = [r for f in d.findings for r in f.regions] + d.unflagged
+def _series_json(x: admin_study.SeriesInfo) -> dict[str, Any]:
     return {
-        "id": s.id,
-        "study_uid": s.study_uid,
-        "patient_id": s.patient_id,
-        "patient_name": s.patient_name,
-        "study_date": s.study_date,
-        "accession_number": s.accession_number,
-        "description": s.description,
-        "state": s.state,
-        "version": s.version,
-        "series": [
-            {
-                "id": x.id,
-                "series_uid": x.series_uid,
-                "modality": x.modality,
-                "series_number": x.series_number,
-                "description": x.description,
-                "calling_aes": x.calling_aes,
-                "instances": [
-                    {"id": i.id, "sop_uid": i.sop_uid, "number": i.number, "slice": i.position}
-                    for i in x.slices
-                ],
-            }
-            for x in d.series
+        "id": x.id,
+        "series_uid": x.series_uid,
+        "modality": x.modality,
+        "series_number": x.series_number,
+        "description": x.description,
+        "calling_aes": x.calling_aes,
+        "instances": [
+            {"id": i.id, "sop_uid": i.sop_uid, "number": i.number, "slice": i.position}
+            for i in x.slices
         ],
+    }
+
+
+def _finding_json(f: admin_study.FindingView) -> dict[str, Any]:
+    return {
+        "number": f.number,
+        "series_uid": f.series.series_uid,
+        "first_slice": f.first.position,
+        "last_slice": f.last.position,
+        "p_value": f.p_value,
+        "checks": f.checks,
+        "regions": [r.id for r in f.regions],
+    }
+
+
+def _history_json(d: admin_study.StudyDetail) -> dict[str, Any]:
+    """Verdicts, deliveries, marks and requested regions of the study."""
+    return {
         "verdicts": [
             {
                 "id": v.id,
@@ -95,26 +97,6 @@ def study_json(d: admin_study.StudyDetail) -> dict[str, Any]:
             }
             for v in d.verdicts
         ],
-        "regions_checked": d.regions_checked,
-        "regions_flagged": d.regions_flagged,
-        "findings": [
-            {
-                "number": f.number,
-                "series_uid": f.series.series_uid,
-                "first_slice": f.first.position,
-                "last_slice": f.last.position,
-                "p_value": f.p_value,
-                "checks": f.checks,
-                "regions": [r.id for r in f.regions],
-            }
-            for f in d.findings
-        ],
-        "regions": [region_json(r, d.region_marks.get(r.id)) for r in regions],
-        "provenance": {
-            "senders": d.provenance.senders,
-            "associations": d.provenance.associations,
-            "replaced": d.provenance.replaced,
-        },
         "deliveries": [
             {
                 "id": x.id,
@@ -150,6 +132,33 @@ def study_json(d: admin_study.StudyDetail) -> dict[str, Any]:
             }
             for r in d.requested
         ],
+    }
+
+
+def study_json(d: admin_study.StudyDetail) -> dict[str, Any]:
+    s = d.study
+    regions = [r for f in d.findings for r in f.regions] + d.unflagged
+    return {
+        "id": s.id,
+        "study_uid": s.study_uid,
+        "patient_id": s.patient_id,
+        "patient_name": s.patient_name,
+        "study_date": s.study_date,
+        "accession_number": s.accession_number,
+        "description": s.description,
+        "state": s.state,
+        "version": s.version,
+        "series": [_series_json(x) for x in d.series],
+        "regions_checked": d.regions_checked,
+        "regions_flagged": d.regions_flagged,
+        "findings": [_finding_json(f) for f in d.findings],
+        "regions": [region_json(r, d.region_marks.get(r.id)) for r in regions],
+        "provenance": {
+            "senders": d.provenance.senders,
+            "associations": d.provenance.associations,
+            "replaced": d.provenance.replaced,
+        },
+        **_history_json(d),
     }
 
 

@@ -289,6 +289,49 @@ def provenance(session: Session, study_id: int) -> Provenance:
     return Provenance(senders, associations, replaced)
 
 
+@dataclass
+class _Checked:
+    """The current verdict's regions as the page needs them."""
+
+    flagged: list[Region] = field(default_factory=list)
+    unflagged: list[Region] = field(default_factory=list)
+    count: int = 0
+    overlays: dict[int, list[list[Any]]] = field(default_factory=dict)
+
+
+def _checked(
+    session: Session, verdict: Verdict | None, slices: dict[str, SliceInfo], max_unflagged: int
+) -> _Checked:
+    """Flagged regions, the most suspicious unflagged ones, and every region's circle per
+    slice; marks the slices that have regions and those that have flagged ones."""
+    out = _Checked()
+    if verdict is None:
+        return out
+    mine = Region.verdict_id == verdict.id
+    out.count = int(session.scalar(select(func.count()).where(mine)) or 0)
+    out.flagged = list(session.scalars(select(Region).where(mine, Region.flagged.is_(True))))
+    out.unflagged = list(
+        session.scalars(
+            select(Region)
+            .where(mine, Region.flagged.is_(False))
+            .order_by(Region.p_value.is_(None), Region.p_value, Region.id)
+            .limit(max_unflagged)
+        )
+    )
+    for sop, x, y, radius, is_flagged in session.execute(
+        select(Region.sop_instance_uid, Region.x, Region.y, Region.radius_px, Region.flagged).where(
+            mine
+        )
+    ):
+        found = slices.get(sop)
+        if found is None:
+            continue
+        found.regions += 1
+        found.flagged = found.flagged or bool(is_flagged)
+        out.overlays.setdefault(found.id, []).append([x, y, radius or 8.0, int(bool(is_flagged))])
+    return out
+
+
 def study_detail(session: Session, study_id: int, max_unflagged: int = 200) -> StudyDetail | None:
     study = session.get(Study, study_id)
     if study is None:
@@ -301,76 +344,36 @@ def study_detail(session: Session, study_id: int, max_unflagged: int = 200) -> S
         ).all()
     )
     current = next((v for v in verdicts if v.is_current), None)
-    flagged: list[Region] = []
-    unflagged: list[Region] = []
-    checked = 0
-    overlays: dict[int, list[list[Any]]] = {}
-    if current is not None:
-        checked = int(
-            session.scalar(select(func.count()).where(Region.verdict_id == current.id)) or 0
-        )
-        flagged = list(
-            session.scalars(
-                select(Region).where(Region.verdict_id == current.id, Region.flagged.is_(True))
-            ).all()
-        )
-        unflagged = list(
-            session.scalars(
-                select(Region)
-                .where(Region.verdict_id == current.id, Region.flagged.is_(False))
-                .order_by(Region.p_value.is_(None), Region.p_value, Region.id)
-                .limit(max_unflagged)
-            ).all()
-        )
-        for sop, x, y, radius, is_flagged in session.execute(
-            select(
-                Region.sop_instance_uid, Region.x, Region.y, Region.radius_px, Region.flagged
-            ).where(Region.verdict_id == current.id)
-        ):
-            found = slices.get(sop)
-            if found is None:
-                continue
-            found.regions += 1
-            found.flagged = found.flagged or bool(is_flagged)
-            overlays.setdefault(found.id, []).append([x, y, radius or 8.0, int(bool(is_flagged))])
-    verdict_ids = [v.id for v in verdicts]
-    deliveries = (
-        list(
-            session.scalars(
-                select(Delivery).where(Delivery.verdict_id.in_(verdict_ids)).order_by(Delivery.id)
-            ).all()
-        )
-        if verdict_ids
-        else []
-    )
-    jobs = list(
-        session.scalars(select(Job).where(Job.study_id == study_id).order_by(Job.id.desc())).all()
-    )
-    marks = list(
-        session.scalars(select(Mark).where(Mark.study_id == study_id).order_by(Mark.id)).all()
-    )
-    requested = list(
-        session.scalars(
-            select(RequestedRegion)
-            .where(RequestedRegion.study_id == study_id)
-            .order_by(RequestedRegion.id)
-        ).all()
-    )
+    checked = _checked(session, current, slices, max_unflagged)
+    verdict_ids = [v.id for v in verdicts] or [-1]
+    marks = list(session.scalars(select(Mark).where(Mark.study_id == study_id).order_by(Mark.id)))
     return StudyDetail(
         study=study,
         series=series,
         verdicts=verdicts,
         current=current,
-        findings=_findings(flagged, slices, {s.series_uid: s for s in series}),
-        unflagged=unflagged,
-        regions_checked=checked,
-        regions_flagged=len(flagged),
-        deliveries=deliveries,
-        jobs=jobs,
+        findings=_findings(checked.flagged, slices, {s.series_uid: s for s in series}),
+        unflagged=checked.unflagged,
+        regions_checked=checked.count,
+        regions_flagged=len(checked.flagged),
+        deliveries=list(
+            session.scalars(
+                select(Delivery).where(Delivery.verdict_id.in_(verdict_ids)).order_by(Delivery.id)
+            )
+        ),
+        jobs=list(
+            session.scalars(select(Job).where(Job.study_id == study_id).order_by(Job.id.desc()))
+        ),
         marks=marks,
-        requested=requested,
+        requested=list(
+            session.scalars(
+                select(RequestedRegion)
+                .where(RequestedRegion.study_id == study_id)
+                .order_by(RequestedRegion.id)
+            )
+        ),
         provenance=provenance(session, study_id),
         region_marks={m.region_id: m.label for m in marks if m.region_id is not None},
         slices=slices,
-        overlays=overlays,
+        overlays=checked.overlays,
     )
