@@ -46,20 +46,24 @@ def _link_builder(path: str, request: Request) -> Callable[..., str]:
 
 
 def audit_links(session: Any, events: list[Any]) -> dict[int, str]:
-    """Where each event's target lives in the report (a study, a model version), if known."""
+    """Where each event's target lives in the report: a study, a model version, a training
+    run, or a user's own events."""
     sops = [e.target for e in events if e.target and e.action.startswith(INSTANCE_TARGETS)]
     studies = admin_views.studies_of_instances(session, sops)
     links: dict[int, str] = {}
     for e in events:
-        detail = e.detail or {}
-        if e.target and e.action.startswith(STUDY_TARGETS) and e.target.isdigit():
-            links[e.id] = f"/studies/{e.target}"
-        elif e.target and e.target in studies:
-            links[e.id] = f"/studies/{studies[e.target]}"
-        elif e.action.startswith("model.") and isinstance(detail.get("version_id"), int):
-            links[e.id] = f"/models#version-{detail['version_id']}"
-        elif e.action.startswith("retrain.") and isinstance(detail.get("run_id"), int):
+        target = e.target or ""
+        kind, _, ref = target.partition(":")
+        if target.isdigit() and e.action.startswith(STUDY_TARGETS):
+            links[e.id] = f"/studies/{target}"
+        elif target in studies:
+            links[e.id] = f"/studies/{studies[target]}"
+        elif kind == "model" and ref.isdigit():
+            links[e.id] = f"/models#version-{ref}"
+        elif kind == "run" and ref.isdigit():
             links[e.id] = "/models#runs"
+        elif target and e.action.startswith("user."):
+            links[e.id] = "/audit?" + urlencode({"actor": target})
     return links
 
 

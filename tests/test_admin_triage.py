@@ -176,11 +176,14 @@ def test_audit_page_links_filters_and_exports_csv(world: dict[str, Any]) -> None
     service, study = world["service"], world["study"]
     with service.db.session() as session:
         audit(session, actor="=HYPERLINK(1)", action="study.mark", target=str(study))
+        audit(session, actor="alice", action="model.promote", target="model:7")
     client = world["client_for"]()
     page = client.get("/audit").text
     assert f'<a href="/studies/{study}">study {study}</a>' in page
     assert page.count(f'<a href="/studies/{study}">') >= 3  # marks, the verdict, the replacement
     assert '<dl class="detail">' in page and "{&#34;" not in page  # rendered, not raw JSON
+    assert '<a href="/models#version-7">model version 7</a>' in page
+    assert '<a href="/audit?actor=victor">victor</a>' in page  # user.add: the user's events
     only = client.get("/audit", params={"action": "instance.replaced"}).text
     assert "instance.replaced" in only and "verdict.recorded</a>" not in only
     prefixed = client.get("/api/audit", params={"action": "study."}).json()
