@@ -12,12 +12,13 @@ from datetime import date
 from typing import Annotated, Literal
 
 from fastapi import Path
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from storage.admin_views import (
     DELIVERY_FILTERS,
     FLAGGED,
     JOB_FILTERS,
+    PAGE_SIZES,
     SORTS,
     AuditFilter,
     StudyFilter,
@@ -55,7 +56,14 @@ class StudyQuery(BaseModel):
     sort: SortChoice = "received"
     order: Literal["asc", "desc"] = "desc"
     page: int = Field(1, ge=1, le=MAX_PAGE)
-    per_page: Literal[25, 50, 100] = 50
+    per_page: int = 50
+
+    @field_validator("per_page")
+    @classmethod
+    def _page_size(cls, value: int) -> int:
+        if value not in PAGE_SIZES:
+            raise ValueError(f"one of {', '.join(map(str, PAGE_SIZES))}")
+        return value
 
     def to_filter(self, overdue_after_s: float, stuck_after_s: float) -> StudyFilter:
         return StudyFilter(

@@ -106,6 +106,9 @@ def test_filters_and_bodies_are_typed(admin: dict[str, Any]) -> None:
         assert client.get("/api/studies", params=params).status_code == 422, params
         assert client.get("/studies", params=params).status_code == 422, params
     assert client.get("/api/studies", params={"verdict": "", "from": ""}).status_code == 200
+    fine = {"per_page": "25", "page": "1", "from": "2026-01-01", "order": "asc", "sort": "patient"}
+    assert client.get("/api/studies", params=fine).json()["per_page"] == 25
+    assert client.get("/studies", params=fine).status_code == 200
     bodies = (
         ("/api/studies/{s}/regions", {"instance_id": 1, "x": 10**20, "y": 1}),
         ("/api/studies/{s}/regions", {"instance_id": 10**20, "x": 1, "y": 1}),
