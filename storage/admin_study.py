@@ -65,7 +65,8 @@ class FindingView:
     last: SliceInfo
     shown_slice: SliceInfo
     p_value: float | None
-    checks: dict[str, dict[str, Any]]  # per check: lowest p and highest raw over the members
+    # Per check: lowest p and highest raw over the members, the model, other recorded values.
+    checks: dict[str, dict[str, Any]]
 
 
 @dataclass
@@ -199,7 +200,11 @@ def _findings(
             for name, sc in (r.scores or {}).items():
                 if not isinstance(sc, dict):
                     continue
-                entry = checks.setdefault(name, {"p": None, "raw": None, "model": sc.get("model")})
+                entry = checks.setdefault(
+                    name, {"p": None, "raw": None, "model": sc.get("model"), "more": {}}
+                )
+                if r is shown:  # whatever else the check recorded, as the shown region has it
+                    entry["more"] = {k: v for k, v in sc.items() if k not in ("p", "raw", "model")}
                 p, raw = sc.get("p"), sc.get("raw")
                 if isinstance(p, int | float) and (entry["p"] is None or p < entry["p"]):
                     entry["p"] = float(p)

@@ -190,7 +190,7 @@ def record_scored_verdict(
             scores = {
                 "inpaint": {"raw": 0.93, "p": p, **model},
                 "btd": {"raw": 0.71, "p": 0.003, **model},
-                "noise": {"raw": 0.6, "p": 0.01},
+                "noise": {"raw": 0.6, "p": 0.01, "sigma_ratio": 2.5},
             }
             regions.append(
                 RegionRecord(

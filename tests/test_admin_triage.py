@@ -138,6 +138,7 @@ def test_study_page_groups_findings_in_3d_and_shows_provenance(world: dict[str, 
     assert "slice 4 (#4)" in page
     assert page.count('class="crop heat"') == 2 and page.count('loading="lazy"') >= 4
     assert "inpaint" in page and "btd" in page and "heat-scale" in page
+    assert "sigma_ratio 2.5" in page  # other values a check recorded are shown too
     assert re.search(r"<summary>16 regions checked and not flagged", page)
     assert "Instances replaced with different bytes" in page and "WS-07" in page
     assert "10.9.8.7" in page and "1 instance(s) re-sent with different bytes" in page
