@@ -135,7 +135,8 @@ class LoginThrottle:
             self._failures.pop(key, None)
 
 
-def _fingerprint(password_hash: str) -> str:
+def password_fingerprint(password_hash: str) -> str:
+    """What a session keeps of the password hash: a new password ends the old sessions."""
     return hashlib.sha256(password_hash.encode()).hexdigest()[:16]
 
 
@@ -164,7 +165,7 @@ class Auth:
         session.clear()  # marks the session changed, so the new cookie is sent
         session["n"] = secrets.token_urlsafe(16)
         session["u"] = user.id
-        session["f"] = _fingerprint(user.password_hash)
+        session["f"] = password_fingerprint(user.password_hash)
         session["t"] = int(time.time())
 
     def end_session(self, request: Request) -> None:
@@ -183,7 +184,7 @@ class Auth:
             with self.db.reading() as session:
                 user = session.get(User, user_id)
             if user is not None and hmac.compare_digest(
-                _fingerprint(user.password_hash), str(data.get("f", ""))
+                password_fingerprint(user.password_hash), str(data.get("f", ""))
             ):
                 found = CurrentUser(user.id, user.username, user.role)
         request.state.user = found

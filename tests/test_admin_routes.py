@@ -456,3 +456,33 @@ def test_retrain_now(world: dict[str, Any]) -> None:
             select(AuditEvent.actor).where(AuditEvent.action == "retrain.request")
         ).all()
     assert requests == ["alice"]  # the refused attempts left no audit event behind
+
+
+def test_a_login_ends_after_session_hours_whatever_the_cookie_says(world: dict[str, Any]) -> None:
+    """The cookie is Starlette's signed session; the login time inside it is checked too, so a
+    cookie re-signed later (or kept past its Max-Age) cannot stretch a login."""
+    import json
+    import time
+    from base64 import b64encode
+
+    import itsdangerous
+
+    from admin.auth import COOKIE, password_fingerprint
+    from storage.models import User
+
+    service = world["service"]
+    secret = (service.settings.storage.data_dir / "admin" / "session.key").read_bytes().strip()
+    with service.db.reading() as session:
+        alice = session.scalars(select(User).where(User.username == "alice")).one()
+        fingerprint = password_fingerprint(alice.password_hash)
+    signer = itsdangerous.TimestampSigner(secret.decode("latin-1"))
+
+    def cookie(login_at: float) -> str:
+        data = {"n": "nonce", "u": alice.id, "f": fingerprint, "t": int(login_at)}
+        return signer.sign(b64encode(json.dumps(data).encode())).decode()
+
+    hours = service.settings.admin.session_hours
+    for login_at, status in ((time.time() - 60, 200), (time.time() - hours * 3600 - 60, 303)):
+        client = _client(world)
+        client.cookies.set(COOKIE, cookie(login_at))
+        assert client.get("/studies", follow_redirects=False).status_code == status, login_at
