@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class AdminSettings(BaseModel):
@@ -32,3 +33,18 @@ class AdminSettings(BaseModel):
     metrics_token: str = Field(
         "", description="Bearer token that lets Prometheus read /metrics without logging in."
     )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Reverse proxies (addresses or CIDR networks) whose X-Forwarded-For and "
+        "X-Forwarded-Proto are believed; empty: the headers are ignored from everyone.",
+    )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{value!r} is not an IP address or CIDR network") from exc
+        return values

@@ -22,6 +22,7 @@ from detector.study_scoring import ModelSet, StudyScorer
 from detector.worker import ScoringWorker
 from scp.dicomweb import StowService
 from scp.dispatch import Dispatcher
+from scp.ingest import set_default_relax
 from scp.server import StorageSCP
 from storage.admin_queries import ActionError
 from storage.assembly import StudyAssembler
@@ -42,6 +43,7 @@ class Service:
         self.settings = settings
         self.db = Database(settings.storage.resolved_database_url())
         self.store = InstanceStore(self.db, settings.storage.data_dir, settings.storage.min_free_mb)
+        set_default_relax(settings.validation.relax)  # C-STORE and STOW-RS alike
         self.scp = StorageSCP(settings.scp, self.db, self.store)
         routers = []
         if settings.dicomweb.enabled:
@@ -59,7 +61,12 @@ class Service:
                 retrain_now=self._retrain_now if settings.retrain.enabled else None,
             )
             self.report.install(self.app)
-        self.http = HttpServer(self.app, settings.admin.host, settings.admin.port)
+        self.http = HttpServer(
+            self.app,
+            settings.admin.host,
+            settings.admin.port,
+            trusted_proxies=settings.admin.trusted_proxies,
+        )
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.scheduler: RetrainScheduler | None = None
