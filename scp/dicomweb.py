@@ -13,6 +13,7 @@ token. A request counts as one finished transfer (like an A-RELEASE) for study a
 
 from __future__ import annotations
 
+import contextlib
 import email.parser
 import email.policy
 import hmac
@@ -24,10 +25,10 @@ from io import BytesIO
 import pydicom
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from starlette.requests import ClientDisconnect
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from scp.ingest import IngestResult, ingest, refuse
 from scp.settings import DicomwebSettings
@@ -237,10 +238,8 @@ def _sop_item(sop_class: str, sop_instance: str) -> Dataset:
         ("ReferencedSOPClassUID", sop_class),
         ("ReferencedSOPInstanceUID", sop_instance),
     ):
-        try:
+        with contextlib.suppress(InvalidUID):
             setattr(item, keyword, check_uid(value, keyword))
-        except InvalidUID:
-            pass
     return item
 
 

@@ -151,7 +151,13 @@ def _dataset(
 
 
 def _value(
-    walk: _Walk, tag: int, vr: bytes | None, length: int, start: int, end: int, depth: int,
+    walk: _Walk,
+    tag: int,
+    vr: bytes | None,
+    length: int,
+    start: int,
+    end: int,
+    depth: int,
     top: bool,
 ) -> int:
     """Check one element's value; return the offset after it."""
@@ -289,13 +295,15 @@ def check_structure(
         try:
             inflated = inflater.decompress(body, MAX_INFLATED_BYTES)
         except zlib.error as exc:
-            raise StructureError(Check.ELEMENT_LENGTH, f"deflated dataset is corrupt: {exc}")
+            raise StructureError(
+                Check.ELEMENT_LENGTH, f"deflated dataset is corrupt: {exc}"
+            ) from None
         if inflater.unconsumed_tail:
             raise StructureError(Check.ELEMENT_LENGTH, "deflated dataset inflates too large")
         extra = inflater.unused_data
-        if extra.strip(b"\x00") and not _gzip_trailer(extra, inflated):
-            if Check.TRAILING_BYTES not in relax:
-                raise StructureError(Check.TRAILING_BYTES, "bytes after the deflated dataset")
+        trailing = extra.strip(b"\x00") and not _gzip_trailer(extra, inflated)
+        if trailing and Check.TRAILING_BYTES not in relax:
+            raise StructureError(Check.TRAILING_BYTES, "bytes after the deflated dataset")
         body = memoryview(inflated)
     walk = _Walk(body, syntax.is_implicit_VR, syntax.is_little_endian, frozenset(relax))
     _dataset(walk, 0, len(body), depth=0, top=True)

@@ -189,9 +189,7 @@ def _check_fragments(ds: Dataset, syntax: UID, pixels: PixelLayout, frames: int)
         )
     video = any(word in (syntax.name or "") for word in VIDEO_SYNTAX_WORDS)
     if not video and "ExtendedOffsetTable" not in ds and pixels.fragments < frames:
-        raise _reject(
-            Check.FRAMES, f"{pixels.fragments} pixel data fragments for {frames} frames"
-        )
+        raise _reject(Check.FRAMES, f"{pixels.fragments} pixel data fragments for {frames} frames")
 
 
 SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"  # all Secondary Capture classes
