@@ -6,8 +6,9 @@ PACS read what we store, so before an instance is accepted its encoding is check
 (PS3.5 chapter 7): every element header complete and its length inside its parent, explicit VRs
 that are VRs, items and delimiters where PS3.5 7.5 puts them, tags ascending, no file meta
 (group 0002) in the dataset, pixel data encapsulated exactly when the transfer syntax says so,
-and nothing after the last element. The walk only reads; values are checked by
-``scp.validate``. No database, no pydicom Dataset here.
+and nothing after the last element; and the UIDs that name the instance exactly as sent
+(before pydicom strips whitespace off them). The walk only reads; the other values are
+checked by ``scp.validate``. No database, no pydicom Dataset here.
 """
 
 from __future__ import annotations
@@ -21,11 +22,20 @@ from pydicom.datadict import dictionary_VR
 from pydicom.uid import UID
 
 from scp.checks import Check
+from storage.files import InvalidUID, check_uid
 
 MAX_INFLATED_BYTES = 2 * 1024**3  # a deflated dataset larger than this is refused, not inflated
 UNDEFINED = 0xFFFFFFFF
 ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 PIXEL_DATA = 0x7FE00010
+# The UIDs that name the instance, its folders and its index rows. pydicom strips every kind
+# of whitespace off a UI value, so they are checked here, as the bytes that arrived.
+KEY_UIDS = {
+    0x00080016: "SOP Class UID",
+    0x00080018: "SOP Instance UID",
+    0x0020000D: "Study Instance UID",
+    0x0020000E: "Series Instance UID",
+}
 LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN"})
 LONG_VRS |= {b"UR", b"UT", b"UV"}
 SHORT_VRS = frozenset(
@@ -179,6 +189,12 @@ def _value(
         )
     if _is_sequence(tag, vr):
         _items(walk, start, start + length, depth, undefined=False)
+    elif top and tag in KEY_UIDS:
+        text = bytes(walk.data[start : start + length]).decode("latin-1")
+        try:
+            check_uid(text, KEY_UIDS[tag])
+        except InvalidUID as exc:
+            raise StructureError(Check.UID, str(exc)) from None
     elif pixel and top:
         walk.pixels.present, walk.pixels.length = True, length
     return start + length
