@@ -19,6 +19,7 @@ from pydicom.dataset import Dataset
 
 from scp.checks import Check
 from scp.validate import (
+    CANNOT_UNDERSTAND,
     DATASET_MISMATCH,
     DECODE_FAILED,
     OUT_OF_RESOURCES,
@@ -28,7 +29,14 @@ from scp.validate import (
     relaxations,
 )
 from storage.db import Database
-from storage.instances import InstanceStore, Origin, OutOfSpace, StoreOutcome, record_rejection
+from storage.instances import (
+    InstanceMeta,
+    InstanceStore,
+    Origin,
+    OutOfSpace,
+    StoreOutcome,
+    record_rejection,
+)
 
 log = logging.getLogger(__name__)
 
@@ -94,14 +102,13 @@ def ingest(
         except Exception as exc:  # pydicom and pynetdicom raise many types for broken data
             raise RejectedInstance(DECODE_FAILED, f"dataset could not be decoded: {exc}") from exc
         sop_class, sop_uid = _uid_for_audit(dataset)
-        pixels = check_encoding(data, transfer_syntax, relax)
-        meta = inspect_dataset(
+        meta = _check(
+            data,
             dataset,
             transfer_syntax,
-            negotiated_sop_class=negotiated_sop_class or announced_class,
-            announced_sop_instance=announced_sop_instance,
-            pixels=pixels,
-            relax=relax,
+            negotiated_sop_class or announced_class,
+            announced_sop_instance,
+            relax,
         )
         if expected_study_uid is not None and meta.study_uid != expected_study_uid:
             raise RejectedInstance(
@@ -134,6 +141,34 @@ def ingest(
         },
     )
     return IngestResult(SUCCESS, "", meta.sop_class_uid, meta.sop_instance_uid, outcome)
+
+
+def _check(
+    data: bytes,
+    dataset: Dataset,
+    transfer_syntax: str,
+    sop_class: str | None,
+    announced_sop_instance: str | None,
+    relax: frozenset[Check],
+) -> InstanceMeta:
+    """The encoding, then the values; a dataset the checks did not foresee is refused too."""
+    try:
+        pixels = check_encoding(data, transfer_syntax, relax)
+        return inspect_dataset(
+            dataset,
+            transfer_syntax,
+            negotiated_sop_class=sop_class,
+            announced_sop_instance=announced_sop_instance,
+            pixels=pixels,
+            relax=relax,
+        )
+    except RejectedInstance:
+        raise
+    except Exception as exc:  # a bug of ours on odd data: refuse loudly, never crash
+        log.exception("instance could not be checked")
+        raise RejectedInstance(
+            CANNOT_UNDERSTAND, f"dataset could not be checked: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def refuse(db: Database, origin: Origin, status: int, reason: str) -> IngestResult:

@@ -163,7 +163,7 @@ def _check_pixels(
             _check_fragments(ds, syntax, pixels, frames)
         return
     expected = math.ceil(rows * cols * frames * samples * bits / 8)
-    data = ds.PixelData
+    data = ds.PixelData or b""  # pydicom gives None for an empty value
     if len(data) < expected:
         raise _reject(
             Check.PIXEL_DATA_SHORT,
