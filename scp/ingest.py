@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
+from sqlalchemy.exc import OperationalError
 
 from scp.checks import Check
 from scp.validate import (
@@ -127,6 +128,10 @@ def ingest(
     except OSError as exc:
         log.exception("could not write instance")
         reason = f"could not store: {exc}"
+        return _refuse(db, origin, OUT_OF_RESOURCES, reason, sop_class, sop_uid)
+    except OperationalError as exc:  # the index could not be written (disk full, locked)
+        log.exception("could not index instance")
+        reason = f"could not index: {exc.orig}"
         return _refuse(db, origin, OUT_OF_RESOURCES, reason, sop_class, sop_uid)
     log.info(
         "instance stored",
