@@ -1,11 +1,12 @@
 """Fuzzing a running ``tamperscan serve`` with malformed DICOM, seeded and bounded.
 
-1,000 malformed instances (every family of ``tests.malformed``, details drawn from one seed)
-go over C-STORE in batches of 50, and 100 more as STOW-RS parts. After each batch the service
-must answer C-ECHO and store a valid instance. At the end the process is still running,
-every malformed input got a failure status of its family (or its association was aborted and
-recorded), none of them is indexed or on disk, every valid one is, and every refusal is in the
-audit trail. Change ``SEED`` to explore; a failure prints the family and the status.
+1,000 malformed instances (every family of ``tests.malformed_families``, details drawn from
+one seed) go over C-STORE in batches of 50, and 100 more as STOW-RS parts. After each batch
+the service must answer C-ECHO and store a valid instance. At the end the process is still
+running with no traceback in its log, every malformed input got a failure status of its
+family (or its association was aborted and recorded), none of them is indexed or on disk,
+every valid one is, and every refusal is in the audit trail. Change ``SEED`` to explore; a
+failure prints the family and the status.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from sqlalchemy import func, select
 from scp.dispatch import multipart_related
 from storage.models import Association, AuditEvent, Instance
 from tests.dicom_helpers import make_scu
-from tests.malformed import SYNTAXES, Case, malformed_cases, valid_case
+from tests.malformed import SYNTAXES, Case, valid_case
+from tests.malformed_families import malformed_cases
 from tests.test_service_process import Server
 
 pytestmark = pytest.mark.slow

@@ -24,17 +24,15 @@ from tests.conftest import make_settings
 from tests.dicom_helpers import TEST_FILES, make_scu
 from tests.malformed import (
     CANNOT_UNDERSTAND,
-    FAMILIES,
     SYNTAXES,
     Case,
     base_dataset,
     elements,
     file_of,
     raw,
-    tags_out_of_order,
-    trailing_bytes,
     valid_case,
 )
+from tests.malformed_families import FAMILIES, tags_out_of_order, trailing_bytes
 from tests.test_stow import failures, post
 
 REAL_FILES = sorted(
