@@ -65,7 +65,7 @@ class Service:
             self.app,
             settings.admin.host,
             settings.admin.port,
-            trusted_proxies=settings.admin.trusted_proxies,
+            trusted_proxies=[str(net) for net in settings.admin.trusted_proxies],
         )
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
