@@ -1,10 +1,13 @@
-"""The data disk fills up mid-study: a real, small tmpfs as the data folder (needs root).
+"""The data disk fills up mid-study: real, small tmpfs mounts (needs root).
 
-The watermark is off (``min_free_mb = 0``) so the real ENOSPC path is exercised: the instance
-that does not fit is answered 0xA700, leaves no file and no index row, and the slices that
-did fit stay intact; with the disk completely full (the database on it too) the service
-still answers (0xA700, C-ECHO); once space returns the same instance is stored and indexed.
-CI runs as root; elsewhere the test is skipped (and on CI a skip fails the run).
+With the watermark off (``min_free_mb = 0``) an instance larger than the free space is
+refused before it is written; one that hits ENOSPC while it is written (here: a study folder
+on its own tiny tmpfs, so the free-space check sees the roomy parent) is refused after; one
+whose file fits but whose index row cannot be committed (the database on the full disk) is
+refused and its file removed. Each is answered 0xA700 and leaves no file, no temporary file
+and no index row; the slices that fitted stay intact; C-ECHO still works; once space returns
+the same instances are stored and indexed, byte for byte. CI runs as root; elsewhere the
+tests are skipped (and on CI a skip fails the run).
 """
 
 from __future__ import annotations
@@ -32,18 +35,27 @@ pytestmark = pytest.mark.skipif(
 DISK_MB = 8
 
 
+def _mount(folder: Path, size_kb: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    options = f"size={size_kb}k,mode=0700"
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], check=True)
+
+
 @pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
+def mounts() -> Iterator[list[Path]]:
+    """Folders to unmount at the end (after the service stopped), innermost first."""
+    mounted: list[Path] = []
+    yield mounted
+    for folder in reversed(mounted):
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path, mounts: list[Path]) -> Path:
     data = tmp_path / "data"  # the data folder conftest's service uses
-    data.mkdir()
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={DISK_MB}m,mode=0700", "tmpfs", str(data)],
-        check=True,
-    )
-    try:
-        yield data
-    finally:
-        subprocess.run(["umount", "-l", str(data)], check=False)
+    _mount(data, DISK_MB * 1024)
+    mounts.append(data)
+    return data
 
 
 def _fill(disk: Path, leave_bytes: int) -> Path:
@@ -76,6 +88,23 @@ def _store(service: Service, datasets: list[pydicom.Dataset], tmp_path: Path) ->
     finally:
         assoc.release()
     return statuses
+
+
+def _check_consistent(service: Service) -> None:
+    """Every indexed file exists and no temporary file is left."""
+    assert not list(service.store.root.rglob(f"*{TEMP_SUFFIX}"))
+    with service.db.reading() as session:
+        rows = session.scalars(select(Instance)).all()
+    on_disk = {p for p in service.store.root.rglob("*.dcm")}
+    assert {service.store.path_of(r) for r in rows} == on_disk
+
+
+def _check_stored_as_sent(service: Service, sent: Path) -> None:
+    with service.db.reading() as session:
+        rows = session.scalars(select(Instance)).all()
+    for row in rows:  # the dataset as sent (the file meta is ours)
+        stored = dataset_bytes(service.store.path_of(row))
+        assert stored == dataset_bytes(sent / f"{row.sop_instance_uid}.dcm")
 
 
 def _indexed(service: Service) -> set[str]:
@@ -111,19 +140,47 @@ def test_a_full_disk_refuses_with_a700_keeps_the_index_clean_and_recovers(
 
     # Completely full, database included: still answered, still nothing half-written.
     filler.unlink()
-    _fill(small_disk, leave_bytes=0)
+    filler = _fill(small_disk, leave_bytes=0)
     assert _store(service, slices[1:2], sent) == [0xA700]
     assert _echo(service) == 0
     assert _indexed(service) == {slices[0].SOPInstanceUID}
-    assert not list(service.store.root.rglob(f"*{TEMP_SUFFIX}"))
+    _check_consistent(service)
+
+    # Room for the file and not a byte more: the index commit may fail (the database's WAL
+    # cannot grow). Whatever the answer, it matches what is indexed and on disk.
+    size = len(sent.joinpath(f"{slices[1].SOPInstanceUID}.dcm").read_bytes())
+    os.truncate(filler, max(0, filler.stat().st_size - (size // 4096 + 6) * 4096))
+    [status] = _store(service, slices[1:2], sent)
+    assert status in (0, 0xA700)
+    assert (slices[1].SOPInstanceUID in _indexed(service)) == (status == 0)
+    _check_consistent(service)
 
     # Space returns: the same instances are stored, byte for byte.
-    (small_disk / "filler").unlink()
+    filler.unlink()
     assert _store(service, slices[1:], sent) == [0, 0]
     assert _indexed(service) == {ds.SOPInstanceUID for ds in slices}
     with service.db.reading() as session:
         assert session.scalar(select(func.count(Instance.id))) == 3
-        rows = session.scalars(select(Instance)).all()
-        for row in rows:  # the dataset as sent (the file meta is ours)
-            stored = dataset_bytes(service.store.path_of(row))
-            assert stored == dataset_bytes(sent / f"{row.sop_instance_uid}.dcm")
+    _check_consistent(service)
+    _check_stored_as_sent(service, sent)
+
+
+def test_enospc_while_writing_answers_a700_and_leaves_nothing(
+    tmp_path: Path, mounts: list[Path], service_factory: Any
+) -> None:
+    service = service_factory(storage={"min_free_mb": 0}, worker={"enabled": False})
+    study, series = generate_uid(), generate_uid()
+    slices = [ct_dataset(study, series, index=n, size=512) for n in range(1, 4)]  # 512 KiB
+    folder = service.store.root / study  # the free-space check measures the roomy parent
+    _mount(folder, 768)
+    mounts.append(folder)
+    sent = tmp_path / "sent"
+    sent.mkdir()
+    assert _store(service, slices, sent) == [0, 0xA700, 0xA700]
+    assert _indexed(service) == {slices[0].SOPInstanceUID}
+    _check_consistent(service)
+    subprocess.run(["mount", "-o", "remount,size=4m", str(folder)], check=True)
+    assert _store(service, slices[1:], sent) == [0, 0]
+    assert _indexed(service) == {ds.SOPInstanceUID for ds in slices}
+    _check_consistent(service)
+    _check_stored_as_sent(service, sent)
