@@ -71,20 +71,25 @@ class _Walk:
     relax: frozenset[Check]
     pixels: PixelLayout = field(default_factory=PixelLayout)
 
+    def __post_init__(self) -> None:
+        order = "<" if self.little else ">"
+        self._tag = struct.Struct(f"{order}HH").unpack_from
+        self._u32 = struct.Struct(f"{order}I").unpack_from
+        self._u16 = struct.Struct(f"{order}H").unpack_from
+
     def fail(self, check: Check, message: str) -> None:
         if check not in self.relax:
             raise StructureError(check, message)
 
     def tag_at(self, pos: int) -> int:
-        fmt = "<HH" if self.little else ">HH"
-        group, element = struct.unpack_from(fmt, self.data, pos)
-        return (group << 16) | element
+        group, element = self._tag(self.data, pos)
+        return int((group << 16) | element)
 
     def u32(self, pos: int) -> int:
-        return int(struct.unpack_from("<I" if self.little else ">I", self.data, pos)[0])
+        return int(self._u32(self.data, pos)[0])
 
     def u16(self, pos: int) -> int:
-        return int(struct.unpack_from("<H" if self.little else ">H", self.data, pos)[0])
+        return int(self._u16(self.data, pos)[0])
 
 
 def _tag_text(tag: int) -> str:
