@@ -9,6 +9,7 @@ past the data, bad UIDs, missing or short pixel data, ...) are always enforced.
 from __future__ import annotations
 
 import enum
+from collections.abc import Collection
 
 
 class Check(enum.Enum):
@@ -32,3 +33,18 @@ class Check(enum.Enum):
 RELAXABLE = frozenset(
     {Check.TRAILING_BYTES, Check.TAG_ORDER, Check.FILE_META_IN_DATASET, Check.PIXEL_DATA_EXCESS}
 )
+
+
+def relaxations(names: Collection[Check | str]) -> frozenset[Check]:
+    """The configured leniency list as checks; raises ValueError for a name not relaxable."""
+    known = {c.value for c in Check}
+    allowed = ", ".join(sorted(c.value for c in RELAXABLE))
+    checks = set()
+    for name in names:
+        value = name.value if isinstance(name, Check) else name
+        if value not in known:
+            raise ValueError(f"{value!r} is not a check; relaxable: {allowed}")
+        if Check(value) not in RELAXABLE:
+            raise ValueError(f"{value!r} is always enforced; relaxable: {allowed}")
+        checks.add(Check(value))
+    return frozenset(checks)

@@ -12,13 +12,13 @@ The checks a site relaxed (``[validation] relax``) are set once at start with
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
 from sqlalchemy.exc import OperationalError
 
-from scp.checks import Check
+from scp.checks import Check, relaxations
 from scp.validate import (
     CANNOT_UNDERSTAND,
     DATASET_MISMATCH,
@@ -27,7 +27,6 @@ from scp.validate import (
     RejectedInstance,
     check_encoding,
     inspect_dataset,
-    relaxations,
 )
 from storage.db import Database
 from storage.instances import (
@@ -45,10 +44,10 @@ SUCCESS = 0x0000
 _default_relax: frozenset[Check] = frozenset()
 
 
-def set_default_relax(names: object) -> None:
+def set_default_relax(names: Collection[Check | str]) -> None:
     """The checks this process relaxes for every instance (``[validation] relax``)."""
     global _default_relax
-    _default_relax = relaxations(names)  # type: ignore[arg-type]
+    _default_relax = relaxations(names)
 
 
 def _uid_for_audit(dataset: Dataset) -> tuple[str, str]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from scp.checks import RELAXABLE, Check
+from scp.checks import relaxations
 
 
 class TlsSettings(BaseModel):
@@ -248,11 +248,5 @@ class ValidationSettings(BaseModel):
     @field_validator("relax")
     @classmethod
     def _relaxable(cls, values: list[str]) -> list[str]:
-        known = {c.value for c in Check}
-        allowed = sorted(c.value for c in RELAXABLE)
-        for value in values:
-            if value not in known:
-                raise ValueError(f"{value!r} is not a check; relaxable: {', '.join(allowed)}")
-            if Check(value) not in RELAXABLE:
-                raise ValueError(f"{value!r} is always enforced; relaxable: {', '.join(allowed)}")
+        relaxations(values)
         return values

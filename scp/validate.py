@@ -15,13 +15,12 @@ Every rule is enforced unless ``[validation] relax`` names it (only those in
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
 from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, UID_dictionary
 
-from scp.checks import RELAXABLE, Check
+from scp.checks import Check
 from scp.structure import PixelLayout, StructureError, check_structure
 from storage.files import InvalidUID, check_uid
 from storage.instances import InstanceMeta
@@ -68,18 +67,6 @@ class RejectedInstance(Exception):
 
 def _reject(check: Check, reason: str) -> RejectedInstance:
     return RejectedInstance(STATUS_OF[check], f"{check.value}: {reason}", check=check)
-
-
-def relaxations(names: Collection[Check | str]) -> frozenset[Check]:
-    """The configured leniency list as checks; refuses a name that may not be relaxed."""
-    checks = frozenset(Check(n) if isinstance(n, str) else n for n in names)
-    strict = checks - RELAXABLE
-    if strict:
-        allowed = ", ".join(sorted(c.value for c in RELAXABLE))
-        raise ValueError(
-            f"cannot relax {', '.join(sorted(c.value for c in strict))}; only {allowed}"
-        )
-    return checks
 
 
 def check_encoding(data: bytes, transfer_syntax: str, relax: frozenset[Check]) -> PixelLayout:
