@@ -95,7 +95,9 @@ class Service:
         if settings.worker.enabled:
             # The registry's production models plus [detector] models, reloaded on promotion.
             self.production = ProductionModels(
-                self.db, settings.storage.data_dir, settings.detector,
+                self.db,
+                settings.storage.data_dir,
+                settings.detector,
                 settings.retrain.reload_interval_s,
             )
             models = self.production.load()
