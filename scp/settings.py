@@ -7,6 +7,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from scp.checks import relaxations
+
 
 class TlsSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -231,3 +233,20 @@ class DicomwebSettings(BaseModel):
 
     def host_allowed(self, address: str) -> bool:
         return ScpSettings.model_construct(allowed_hosts=self.allowed_hosts).host_allowed(address)
+
+
+class ValidationSettings(BaseModel):
+    """The ``[validation]`` section: the checks every received instance must pass."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    relax: list[str] = Field(
+        default_factory=list,
+        description="Checks not enforced, for modalities that need it; empty: all enforced.",
+    )
+
+    @field_validator("relax")
+    @classmethod
+    def _relaxable(cls, values: list[str]) -> list[str]:
+        relaxations(values)
+        return values

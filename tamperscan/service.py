@@ -22,6 +22,7 @@ from detector.study_scoring import ModelSet, StudyScorer
 from detector.worker import ScoringWorker
 from scp.dicomweb import StowService
 from scp.dispatch import Dispatcher
+from scp.ingest import set_default_relax
 from scp.server import StorageSCP
 from storage.admin_actions import ActionError
 from storage.assembly import StudyAssembler
@@ -42,6 +43,7 @@ class Service:
         self.settings = settings
         self.db = Database(settings.storage.resolved_database_url())
         self.store = InstanceStore(self.db, settings.storage.data_dir, settings.storage.min_free_mb)
+        set_default_relax(settings.validation.relax)  # C-STORE and STOW-RS alike
         self.scp = StorageSCP(settings.scp, self.db, self.store)
         routers = []
         if settings.dicomweb.enabled:
@@ -60,7 +62,12 @@ class Service:
                 disk_watermark_mb=settings.storage.min_free_mb,
             )
             self.report.install(self.app)
-        self.http = HttpServer(self.app, settings.admin.host, settings.admin.port)
+        self.http = HttpServer(
+            self.app,
+            settings.admin.host,
+            settings.admin.port,
+            trusted_proxies=[str(net) for net in settings.admin.trusted_proxies],
+        )
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.scheduler: RetrainScheduler | None = None
@@ -89,7 +96,9 @@ class Service:
         if settings.worker.enabled:
             # The registry's production models plus [detector] models, reloaded on promotion.
             self.production = ProductionModels(
-                self.db, settings.storage.data_dir, settings.detector,
+                self.db,
+                settings.storage.data_dir,
+                settings.detector,
                 settings.retrain.reload_interval_s,
             )
             models = self.production.load()
