@@ -3,6 +3,10 @@
 Every storage SOP class is accepted in every transfer syntax pydicom knows and stored exactly
 as sent. The C-STORE handler runs in the association's thread and answers only once
 ``InstanceStore.store`` has made the file durable and committed its index row.
+
+Connections reach pynetdicom through ``scp.guard`` (allow-list, connection caps, A-ASSOCIATE-RQ
+deadline, PDU length cap); this module records what the guard refuses and how each association
+ended, including associations whose pynetdicom thread died.
 """
 
 from __future__ import annotations
@@ -18,10 +22,11 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom.association import Association as PynetAssociation
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy import select
 
+from scp.guard import GuardedServer, GuardLimits
 from scp.ingest import ingest
+from scp.refusals import Refusal, RefusalRecorder
 from scp.settings import ScpSettings
 from storage.audit import audit
 from storage.db import Database
@@ -47,6 +52,7 @@ class _Session:
     studies: set[int] = field(default_factory=set)
     stored: int = 0  # counted here and written once when the association ends
     failed: int = 0
+    abort_reason: str | None = None  # why we aborted it, when we did
 
 
 def build_ssl_context(settings: ScpSettings) -> ssl.SSLContext | None:
@@ -68,9 +74,11 @@ class StorageSCP:
         self.db = db
         self.store = store
         self._sessions: dict[int, _Session] = {}
+        self._requested: set[int] = set()  # associations our EVT_REQUESTED handler saw
         self._lock = threading.Lock()
         self._ae: AE | None = None
-        self._server: ThreadedAssociationServer | None = None
+        self._server: GuardedServer | None = None
+        self._refusals = RefusalRecorder(db, tls=settings.tls.enabled)
 
     @property
     def port(self) -> int:
@@ -84,6 +92,8 @@ class StorageSCP:
         for context in AllStoragePresentationContexts:
             ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+        # Counts association threads; the guard starts one only for a connection that has
+        # delivered a valid A-ASSOCIATE-RQ, so idle connections never count.
         ae.maximum_associations = s.max_associations
         ae.maximum_pdu_size = s.max_pdu_size
         ae.acse_timeout = s.acse_timeout_s
@@ -118,14 +128,28 @@ class StorageSCP:
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_RELEASED, self._on_released),
             (evt.EVT_ABORTED, self._on_aborted),
+            (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_CONN_CLOSE, self._on_closed),
         ]
-        self._server = self._ae.start_server(
-            (self.settings.host, self.settings.port),
-            block=False,
-            evt_handlers=handlers,
-            ssl_context=build_ssl_context(self.settings),
+        s = self.settings
+        limits = GuardLimits(
+            allowed_hosts=s.host_allowed,
+            max_connections_per_host=s.max_connections_per_host,
+            max_pending_connections=s.max_pending_connections,
+            association_request_timeout_s=s.association_request_timeout_s,
+            max_pdu_size=s.max_pdu_size,
+            network_timeout_s=s.network_timeout_s,
         )
+        self._refusals.start()
+        self._server = self._ae.make_server(
+            (s.host, s.port),
+            evt_handlers=handlers,
+            ssl_context=build_ssl_context(s),
+            server_class=GuardedServer,
+            limits=limits,
+            hooks=self,
+        )
+        threading.Thread(target=self._server.serve_forever, name="scp-accept", daemon=True).start()
         # Accepted sockets inherit this on Linux: each small C-STORE response goes out at
         # once instead of waiting on Nagle's algorithm and the peer's delayed ACK (~40 ms).
         self._server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -160,12 +184,62 @@ class StorageSCP:
                 )
             assoc.abort()
         self._server = None
+        self._refusals.stop()
         log.info("DICOM SCP stopped")
+
+    # -- what the connection guard reports (scp.guard.GuardHooks) ---------------------------
+
+    def connection_refused(self, host: str, port: int, reason: str) -> None:
+        self._refusals.add(Refusal(host, port, reason))
+
+    def association_refused(
+        self, host: str, port: int, called: str, calling: str, reason: str
+    ) -> None:
+        self._refusals.add(Refusal(host, port, reason, called=called, calling=calling))
+
+    def pdu_refused(self, assoc: PynetAssociation, reason: str) -> None:
+        with self._lock:
+            state = self._sessions.get(id(assoc))
+            if state is not None and state.abort_reason is None:
+                state.abort_reason = reason[:128]
+
+    def association_done(self, assoc: PynetAssociation) -> bool:
+        """Close the record of an association whose thread ended without release or abort.
+
+        pynetdicom's reactor thread can die on malformed input (an exception inside it) and
+        leave the peer waiting; the guard calls this after the thread ended, whatever happened.
+        """
+        key = id(assoc)
+        with self._lock:
+            requested = key in self._requested
+            self._requested.discard(key)
+            state = self._sessions.pop(key, None)
+        if state is not None:
+            self._close_record(
+                state,
+                "aborted",
+                state.abort_reason or "association stopped without A-RELEASE or A-ABORT",
+                still_open=set(),
+            )
+            return True
+        if not requested:  # pynetdicom refused the A-ASSOCIATE-RQ before our handler ran
+            primitive = assoc.requestor.primitive
+            self.association_refused(
+                assoc.requestor.address,
+                assoc.requestor.port,
+                str(getattr(primitive, "called_ae_title", "") or "").strip(),
+                str(getattr(primitive, "calling_ae_title", "") or "").strip(),
+                "A-ASSOCIATE-RQ refused by the DICOM stack (undecodable or invalid)",
+            )
+            return not (assoc.is_rejected or assoc.is_aborted)
+        return False
 
     # -- association lifecycle -------------------------------------------------------------
 
     def _on_requested(self, event: evt.Event) -> None:
         assoc: PynetAssociation = event.assoc
+        with self._lock:
+            self._requested.add(id(assoc))
         calling = str(assoc.requestor.primitive.calling_ae_title).strip()
         called = str(assoc.requestor.primitive.called_ae_title).strip()
         host, port = assoc.requestor.address, assoc.requestor.port
@@ -219,12 +293,17 @@ class StorageSCP:
             self._sessions[id(assoc)] = _Session(record_id, calling, host)
         log.info("association accepted", extra={"calling_ae": calling, "peer": f"{host}:{port}"})
 
-    def _end(self, event: evt.Event, outcome: str) -> None:
+    def _end(self, event: evt.Event, outcome: str, reason: str | None = None) -> None:
         with self._lock:
             state = self._sessions.pop(id(event.assoc), None)
             still_open = set().union(*(s.studies for s in self._sessions.values()))
-        if state is None:
-            return
+        if state is not None:
+            self._close_record(state, outcome, state.abort_reason or reason, still_open)
+
+    def _close_record(
+        self, state: _Session, outcome: str, reason: str | None, still_open: set[int]
+    ) -> None:
+        """Write how an association ended; an abort or late rejection is audited with why."""
         now = utcnow()
         with self.db.session() as session:
             record = session.get(Association, state.record_id)
@@ -233,11 +312,25 @@ class StorageSCP:
                 record.ended_at = now
                 record.instances_stored = state.stored
                 record.instances_failed = state.failed
+                if reason is not None:
+                    record.reject_reason = reason[:128]
             if outcome == "released":
                 mark_released(session, sorted(state.studies - still_open), now)
+            else:
+                audit(
+                    session,
+                    actor=state.calling_ae or "?",
+                    action=f"association.{outcome}",
+                    target=state.peer,
+                    detail={
+                        "reason": reason or "peer aborted or closed the connection",
+                        "association_id": state.record_id,
+                        "instances_stored": state.stored,
+                    },
+                )
         log.info(
             f"association {outcome}",
-            extra={"calling_ae": state.calling_ae, "peer": state.peer},
+            extra={"calling_ae": state.calling_ae, "peer": state.peer, "reason": reason},
         )
 
     def _on_released(self, event: evt.Event) -> None:
@@ -246,9 +339,13 @@ class StorageSCP:
     def _on_aborted(self, event: evt.Event) -> None:
         self._end(event, "aborted")
 
+    def _on_rejected(self, event: evt.Event) -> None:
+        # pynetdicom's own rejection after our handler accepted (association limit reached).
+        self._end(event, "rejected", "rejected by the DICOM stack (scp.max_associations reached?)")
+
     def _on_closed(self, event: evt.Event) -> None:
         # A connection dropped without A-RELEASE or A-ABORT: treat it as aborted.
-        self._end(event, "aborted")
+        self._end(event, "aborted", "connection closed without A-RELEASE")
 
     # -- DIMSE services --------------------------------------------------------------------
 
