@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom.association import Association as PynetAssociation
+from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.pdu_primitives import A_ABORT
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy import select
 
@@ -130,6 +132,9 @@ class StorageSCP:
             (evt.EVT_ABORTED, self._on_aborted),
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_CONN_CLOSE, self._on_closed),
+            (evt.EVT_PDU_SENT, self._on_pdu),
+            (evt.EVT_PDU_RECV, self._on_pdu),
+            (evt.EVT_ACSE_SENT, self._on_acse_sent),
         ]
         s = self.settings
         limits = GuardLimits(
@@ -218,7 +223,8 @@ class StorageSCP:
             self._close_record(
                 state,
                 "aborted",
-                state.abort_reason or "association stopped without A-RELEASE or A-ABORT",
+                state.abort_reason
+                or "association thread stopped without A-RELEASE or A-ABORT (malformed input)",
                 still_open=set(),
             )
             return True
@@ -323,7 +329,7 @@ class StorageSCP:
                     action=f"association.{outcome}",
                     target=state.peer,
                     detail={
-                        "reason": reason or "peer aborted or closed the connection",
+                        "reason": reason or "A-ABORT or connection closed",
                         "association_id": state.record_id,
                         "instances_stored": state.stored,
                     },
@@ -338,6 +344,26 @@ class StorageSCP:
 
     def _on_aborted(self, event: evt.Event) -> None:
         self._end(event, "aborted")
+
+    def _on_pdu(self, event: evt.Event) -> None:
+        """Note who aborted and why, so the association record says so."""
+        pdu = event.pdu
+        if not isinstance(pdu, A_ABORT_RQ):
+            return
+        sent = event.event is evt.EVT_PDU_SENT
+        who = "A-ABORT sent" if sent else "A-ABORT received"
+        why = " (malformed or unexpected message)" if sent else ""
+        self.pdu_refused(
+            event.assoc,
+            f"{who}{why}: source {pdu.source}, reason {pdu.reason_diagnostic}",
+        )
+
+    def _on_acse_sent(self, event: evt.Event) -> None:
+        # pynetdicom aborting from the association thread (a message on an unknown context,
+        # a timeout, our shutdown): this fires before EVT_ABORTED; the PDU goes out later.
+        if isinstance(event.primitive, A_ABORT):
+            reason = "A-ABORT sent (invalid message or context, timeout, or shutdown)"
+            self.pdu_refused(event.assoc, reason)
 
     def _on_rejected(self, event: evt.Event) -> None:
         # pynetdicom's own rejection after our handler accepted (association limit reached).
