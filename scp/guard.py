@@ -303,7 +303,8 @@ class GuardedServer(ThreadedAssociationServer):
             self._refuse(sock, host, port, f"connection failed before A-ASSOCIATE-RQ: {exc}")
             return None
         if stalled:
-            self._refuse(sock, host, port, f"no A-ASSOCIATE-RQ within {timeout:g} s")
+            got = f" ({len(header)} of 6 header bytes)" if header else ""
+            self._refuse(sock, host, port, f"no A-ASSOCIATE-RQ within {timeout:g} s{got}")
             return None
         if not header:
             log.debug("connection closed before A-ASSOCIATE-RQ", extra={"peer": host})

@@ -91,7 +91,9 @@ def echo_rq(message_id: int = 1) -> bytes:
 
 
 def connect(port: int, source: str = "127.0.0.1", timeout: float = 10.0) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(source, 0))
+    sock = socket.create_connection(
+        ("127.0.0.1", port), timeout=timeout, source_address=(source, 0)
+    )
     return sock
 
 

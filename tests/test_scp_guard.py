@@ -1,0 +1,348 @@
+"""The connection guard (scp/guard.py) against real sockets on loopback and a running SCP.
+
+All of 127.0.0.0/8 is loopback on Linux: binding the client socket to 127.0.0.2 or 127.0.0.3
+makes it a different host for the SCP's allow-list and per-host cap.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+from typing import Any
+
+import pytest
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+from pynetdicom.dsutils import encode
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from sqlalchemy import select
+
+from storage.models import Association, AuditEvent, Instance
+from tamperscan.service import Service
+from tests.dicom_helpers import ct_dataset, make_scu
+from tests.pdu_helpers import (
+    associate_rq,
+    command_set,
+    connect,
+    echo_rq,
+    p_data,
+    raw_echo,
+    read_pdu,
+    wait_until,
+)
+
+CONTEXTS = [
+    (1, str(Verification), [str(ImplicitVRLittleEndian)]),
+    (3, str(CTImageStorage), [str(ImplicitVRLittleEndian)]),
+]
+
+
+def reasons(service: Service, action: str) -> list[str]:
+    with service.db.session() as session:
+        events = session.scalars(select(AuditEvent).where(AuditEvent.action == action)).all()
+        return [str((e.detail or {}).get("reason")) for e in events]
+
+
+def associations(service: Service) -> list[Association]:
+    with service.db.session() as session:
+        return list(session.scalars(select(Association).order_by(Association.id)).all())
+
+
+def store_one(service: Service, seed: int = 0) -> int:
+    ae = make_scu()
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", service.scp.port, ae_title="TAMPERSCAN")
+    assert assoc.is_established
+    try:
+        ds = ct_dataset(generate_uid(), generate_uid(), seed=seed)
+        return int(assoc.send_c_store(ds).Status)
+    finally:
+        assoc.release()
+
+
+def instances(service: Service) -> int:
+    with service.db.session() as session:
+        return len(session.scalars(select(Instance.id)).all())
+
+
+def acceptor_threads() -> int:
+    return sum("AcceptorThread" in t.name for t in threading.enumerate())
+
+
+def test_idle_connections_from_a_disallowed_host_do_not_stop_an_allowed_one(
+    service_factory: Any,
+) -> None:
+    service = service_factory(scp={"allowed_hosts": ["127.0.0.1/32"], "max_associations": 2})
+    idle = [connect(service.scp.port, source="127.0.0.2") for _ in range(20)]
+    try:
+        assert store_one(service) == 0x0000  # accepted and stored while the 20 are open
+        assert instances(service) == 1
+        assert wait_until(lambda: len(reasons(service, "connection.refused")) == 20)
+        assert set(reasons(service, "connection.refused")) == {
+            "host 127.0.0.2 not in scp.allowed_hosts"
+        }
+        # Closed at accept: the idle sockets read end-of-stream at once.
+        for sock in idle:
+            sock.settimeout(5)
+            assert sock.recv(1) == b""
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_idle_allowed_connections_time_out_and_never_hold_an_association_slot(
+    service_factory: Any,
+) -> None:
+    service = service_factory(
+        scp={
+            "association_request_timeout_s": 1.0,
+            "max_associations": 1,
+            "max_connections_per_host": 10,
+        }
+    )
+    port = service.scp.port
+    idle = [connect(port, source="127.0.0.3") for _ in range(12)]  # two over the per-host cap
+    try:
+        assert store_one(service) == 0x0000  # max_associations = 1: idle ones do not count
+        started = time.monotonic()
+        for sock in idle:
+            sock.settimeout(5)
+            assert sock.recv(1) == b""  # closed by the SCP: per-host cap, or the timeout
+        assert time.monotonic() - started < 3.0
+        assert wait_until(lambda: len(reasons(service, "connection.refused")) == 12)
+        refused = reasons(service, "connection.refused")
+        assert refused.count("no A-ASSOCIATE-RQ within 1 s") == 10
+        assert (
+            refused.count(
+                "host 127.0.0.3 already has 10 connections (scp.max_connections_per_host)"
+            )
+            == 2
+        )
+        assert store_one(service, seed=1) == 0x0000
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_slow_association_request_is_cut_at_the_deadline(service_factory: Any) -> None:
+    service = service_factory(scp={"association_request_timeout_s": 1.0})
+    rq = associate_rq()
+    with connect(service.scp.port) as sock:
+        started = time.monotonic()
+        sock.sendall(rq[:20])
+        for byte in rq[20:30]:  # a byte every 0.3 s: each read succeeds, the deadline holds
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:
+                break
+            time.sleep(0.3)
+        sock.settimeout(5)
+        assert sock.recv(1) == b""
+        assert time.monotonic() - started < 4.0
+    assert wait_until(lambda: bool(reasons(service, "connection.refused")))
+    assert reasons(service, "connection.refused")[0].startswith(
+        "A-ASSOCIATE-RQ not complete within 1 s: "
+    )
+
+
+def test_a_4_gib_first_pdu_is_refused_at_its_header(service: Service) -> None:
+    with connect(service.scp.port, source="127.0.0.2") as sock:
+        sock.sendall(struct.pack(">BBL", 0x01, 0, 0xFFFFFFFF))
+        answer = read_pdu(sock)
+        assert answer is not None and answer[0] == 0x07  # A-ABORT, before any body byte
+        assert answer[1][2:] == bytes([0x02, 0x06])  # service provider, invalid parameter
+        with pytest.raises(OSError):  # the SCP closed the connection: the 16 MiB cannot go
+            for _ in range(256):
+                sock.sendall(b"\0" * 65536)
+    assert wait_until(lambda: bool(reasons(service, "connection.refused")))
+    assert reasons(service, "connection.refused") == [
+        f"A-ASSOCIATE-RQ declares {0xFFFFFFFF} bytes, more than 1048576"
+    ]
+
+
+def test_a_pdu_over_max_pdu_size_aborts_the_association(service_factory: Any) -> None:
+    service = service_factory(scp={"max_pdu_size": 65536})
+    with connect(service.scp.port) as sock:
+        sock.sendall(associate_rq(contexts=CONTEXTS))
+        answer = read_pdu(sock)
+        assert answer is not None and answer[0] == 0x02
+        sock.sendall(struct.pack(">BBL", 0x04, 0, 65537))  # P-DATA-TF one byte over
+        abort = read_pdu(sock)
+        assert abort is not None and abort[0] == 0x07
+        assert abort[1][2:] == bytes([0x02, 0x06])
+    assert wait_until(lambda: associations(service)[-1].outcome == "aborted")
+    record = associations(service)[-1]
+    assert record.reject_reason == (
+        "P_DATA_TF PDU declares 65537 bytes, more than scp.max_pdu_size 65536"
+    )
+    assert reasons(service, "association.aborted") == [record.reject_reason]
+    assert raw_echo(service.scp.port) == 0x0000
+
+
+def test_pdus_up_to_max_pdu_size_are_received(service_factory: Any) -> None:
+    # A 512x512 CT (512 KiB) crosses many full-size PDUs: the cap must not refuse them.
+    service = service_factory(scp={"max_pdu_size": 16384})
+    ae = make_scu()
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", service.scp.port, ae_title="TAMPERSCAN")
+    assert assoc.is_established
+    assert assoc.send_c_store(ct_dataset(generate_uid(), generate_uid(), size=512)).Status == 0
+    assoc.release()
+    assert instances(service) == 1
+
+
+@pytest.mark.parametrize(
+    ("calling", "called", "diagnostic", "reason"),
+    [
+        (b"CT\0\0\0\0", b"TAMPERSCAN", 0x03, "calling AE title contains NUL"),
+        (b" " * 16, b"TAMPERSCAN", 0x03, "calling AE title is all spaces"),
+        ("CTÄ".encode("latin-1"), b"TAMPERSCAN", 0x03, "calling AE title contains non-ASCII"),
+        (b"PACS", b"\0" * 16, 0x07, "called AE title contains NUL"),
+    ],
+    ids=["nul", "spaces", "non-ascii", "called-nul"],
+)
+def test_invalid_ae_titles_are_rejected_and_recorded(
+    service: Service, calling: bytes, called: bytes, diagnostic: int, reason: str
+) -> None:
+    with connect(service.scp.port) as sock:
+        sock.sendall(associate_rq(called=called, calling=calling))
+        answer = read_pdu(sock)
+    assert answer is not None and answer[0] == 0x03  # A-ASSOCIATE-RJ
+    assert answer[1][1:] == bytes([0x01, 0x01, diagnostic])
+    assert wait_until(lambda: len(associations(service)) == 1)
+    record = associations(service)[0]
+    assert record.outcome == "rejected"
+    assert record.reject_reason is not None and record.reject_reason.startswith(reason)
+    assert reasons(service, "association.rejected")[0].startswith(reason)
+    assert raw_echo(service.scp.port) == 0x0000
+
+
+def _store_rq(sop_instance_uid: str, sop_class: str = str(CTImageStorage)) -> bytes:
+    return command_set(
+        AffectedSOPClassUID=sop_class,
+        CommandField=0x0001,
+        MessageID=1,
+        Priority=0,
+        CommandDataSetType=0x0000,
+        AffectedSOPInstanceUID=sop_instance_uid,
+    )
+
+
+def _dataset() -> bytes:
+    raw = encode(ct_dataset(generate_uid(), generate_uid()), True, True)
+    assert raw is not None
+    return raw
+
+
+MALFORMED = {
+    "102-char-sop-instance-uid": lambda: [
+        p_data(3, _store_rq("1." + "2" * 100)),
+        p_data(3, _dataset(), command=False),
+    ],
+    "context-id-out-of-range": lambda: [p_data(99, echo_rq())],
+    "missing-command-field": lambda: [
+        p_data(1, command_set(AffectedSOPClassUID=Verification, MessageID=1))
+    ],
+    "unhashable-list-command-field": lambda: [
+        p_data(
+            1,
+            command_set(
+                AffectedSOPClassUID=Verification,
+                CommandField=[0x0030, 0x0001],
+                MessageID=1,
+                CommandDataSetType=0x0101,
+            ),
+        )
+    ],
+    "unknown-command-field-keyerror": lambda: [
+        p_data(
+            1,
+            command_set(
+                AffectedSOPClassUID=Verification,
+                CommandField=0x7777,
+                MessageID=1,
+                CommandDataSetType=0x0101,
+            ),
+        )
+    ],
+}
+
+
+@pytest.mark.parametrize("name", list(MALFORMED))
+def test_malformed_dimse_ends_in_a_recorded_abort(service: Service, name: str) -> None:
+    threads_before = acceptor_threads()
+    with connect(service.scp.port) as sock:
+        sock.sendall(associate_rq(contexts=CONTEXTS))
+        answer = read_pdu(sock)
+        assert answer is not None and answer[0] == 0x02
+        started = time.monotonic()
+        for pdu in MALFORMED[name]():
+            sock.sendall(pdu)
+        reply = read_pdu(sock)  # an A-ABORT, a failure status, or the connection closed
+        assert time.monotonic() - started < 5.0  # never left waiting for its own timeout
+        if reply is not None and reply[0] == 0x04:
+            status = struct.unpack("<H", reply[1][-2:])[0]
+            assert status != 0x0000
+        else:
+            assert reply is None or reply[0] == 0x07
+    assert wait_until(lambda: associations(service)[-1].outcome == "aborted")
+    assert associations(service)[-1].reject_reason
+    assert len(reasons(service, "association.aborted")) == 1
+    assert wait_until(lambda: acceptor_threads() <= threads_before)  # no thread left behind
+    assert raw_echo(service.scp.port) == 0x0000
+
+
+def test_stop_does_not_wait_for_idle_connections(service_factory: Any) -> None:
+    service = service_factory(scp={"association_request_timeout_s": 30.0})
+    idle = [connect(service.scp.port) for _ in range(5)]
+    started = time.monotonic()
+    service.stop()
+    assert time.monotonic() - started < 5.0
+    for sock in idle:
+        sock.settimeout(5)
+        assert sock.recv(1) == b""  # closed at stop, not left to time out
+        sock.close()
+
+
+@pytest.mark.slow
+def test_fifty_concurrent_associations_all_stored_and_recorded(service_factory: Any) -> None:
+    service = service_factory(
+        scp={"max_associations": 50, "max_connections_per_host": 50, "max_pending_connections": 64}
+    )
+    port, count, per_association = service.scp.port, 50, 2
+    study = generate_uid()
+    barrier = threading.Barrier(count, timeout=60)
+    results: list[list[int]] = [[] for _ in range(count)]
+
+    def send(index: int) -> None:
+        ae = make_scu(f"SCU{index:02d}")
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", port, ae_title="TAMPERSCAN")
+        barrier.wait()  # all 50 established at the same time before anything is sent
+        if not assoc.is_established:
+            return
+        for k in range(per_association):
+            ds = ct_dataset(study, generate_uid(), index=index * 10 + k, size=32)
+            results[index].append(int(assoc.send_c_store(ds).Status))
+        assoc.release()
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert results == [[0x0000] * per_association] * count
+    assert instances(service) == count * per_association
+    assert wait_until(lambda: all(a.outcome == "released" for a in associations(service)))
+    records = associations(service)
+    assert len(records) == count
+    assert sorted(a.calling_ae for a in records) == [f"SCU{i:02d}" for i in range(count)]
+    assert all(a.instances_stored == per_association for a in records)
+
+
+def test_connect_and_close_is_not_an_association(service: Service) -> None:
+    for _ in range(20):
+        socket.create_connection(("127.0.0.1", service.scp.port)).close()
+    assert raw_echo(service.scp.port) == 0x0000
+    assert len(associations(service)) == 1  # the echo; no row or thread for the 20 probes
