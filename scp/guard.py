@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pynetdicom.association import Association
+from pynetdicom.pdu import A_ASSOCIATE_RQ
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from scp import rawpdu
@@ -328,9 +329,29 @@ class GuardedServer(ThreadedAssociationServer):
             self._refuse(sock, host, port, f"A-ASSOCIATE-RQ {when}: {len(body)} of {length} bytes")
             return None
         pdu = header + body
-        if self._ae_titles_refused(sock, host, port, pdu):
+        if self._ae_titles_refused(sock, host, port, pdu) or self._undecodable(
+            sock, host, port, pdu
+        ):
             return None
         return sock, pdu
+
+    def _undecodable(self, sock: socket.socket, host: str, port: int, pdu: bytes) -> bool:
+        """Refuse an A-ASSOCIATE-RQ pynetdicom cannot decode, which it would abort and then
+        hold for ``acse_timeout_s`` as a counted association thread."""
+        try:
+            decoded = A_ASSOCIATE_RQ()
+            decoded.decode(pdu)
+            decoded.to_primitive()
+        except Exception as exc:
+            reason = f"A-ASSOCIATE-RQ cannot be decoded: {exc}"[:128]
+            log.warning("association rejected", extra={"peer": f"{host}:{port}", "reason": reason})
+            _send_quietly(sock, rawpdu.abort(AbortReason.INVALID_PARAMETER))
+            called, calling = rawpdu.ae_titles(pdu)
+            self.hooks.association_refused(
+                host, port, rawpdu.printable(called), rawpdu.printable(calling), reason
+            )
+            return True
+        return False
 
     def _ae_titles_refused(self, sock: socket.socket, host: str, port: int, pdu: bytes) -> bool:
         """Answer A-ASSOCIATE-RJ (and report it) when an AE title field is not a valid AE."""
