@@ -32,6 +32,7 @@ import ssl
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -65,7 +66,7 @@ class GuardHooks(Protocol):
 
 @dataclass(frozen=True)
 class GuardLimits:
-    allowed_hosts: Any  # callable(host) -> bool
+    allowed_hosts: Callable[[str], bool]
     max_connections_per_host: int
     max_pending_connections: int
     association_request_timeout_s: float

@@ -125,6 +125,27 @@ def test_idle_allowed_connections_time_out_and_never_hold_an_association_slot(
             sock.close()
 
 
+def test_pending_cap_refuses_at_accept_and_frees_at_the_deadline(service_factory: Any) -> None:
+    service = service_factory(
+        scp={"association_request_timeout_s": 1.0, "max_pending_connections": 3}
+    )
+    port = service.scp.port
+    idle = [connect(port, source=f"127.0.0.{3 + i}") for i in range(3)]
+    try:
+        with connect(port) as extra:
+            extra.settimeout(5)
+            assert extra.recv(1) == b""  # the fourth waiting connection is closed at accept
+        assert wait_until(lambda: len(reasons(service, "connection.refused")) >= 1)
+        assert reasons(service, "connection.refused")[0] == (
+            "3 connections already wait for A-ASSOCIATE-RQ (scp.max_pending_connections)"
+        )
+        time.sleep(1.2)  # the three idle ones are closed at their deadline
+        assert store_one(service) == 0x0000
+    finally:
+        for sock in idle:
+            sock.close()
+
+
 def test_slow_association_request_is_cut_at_the_deadline(service_factory: Any) -> None:
     service = service_factory(scp={"association_request_timeout_s": 1.0})
     rq = associate_rq()
