@@ -13,9 +13,9 @@ import queue
 import threading
 from dataclasses import dataclass
 
+from scp.records import add_association
 from storage.audit import audit
 from storage.db import Database
-from storage.models import Association, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,10 @@ class RefusalRecorder:
 
     def _run(self) -> None:
         while True:
-            batch: list[Refusal | None] = [self._queue.get()]
+            try:
+                batch: list[Refusal | None] = [self._queue.get(timeout=1.0)]
+            except queue.Empty:
+                batch = []  # still write the count of refusals a flood made us drop
             while len(batch) < 500:
                 try:
                     batch.append(self._queue.get_nowait())
@@ -79,7 +82,6 @@ class RefusalRecorder:
             dropped, self._dropped = self._dropped, 0
         if not refusals and not dropped:
             return
-        now = utcnow()
         with self._db.session() as session:
             for r in refusals:
                 target = f"{r.host}:{r.port}"
@@ -92,27 +94,14 @@ class RefusalRecorder:
                         detail={"reason": r.reason},
                     )
                     continue
-                session.add(
-                    Association(
-                        calling_ae=r.calling[:16],
-                        called_ae=r.called[:16],
-                        peer_host=r.host[:64],
-                        peer_port=r.port,
-                        tls=self._tls,
-                        started_at=now,
-                        ended_at=now,
-                        outcome="rejected",
-                        reject_reason=r.reason[:128],
-                        instances_stored=0,
-                        instances_failed=0,
-                    )
-                )
-                audit(
+                add_association(
                     session,
-                    actor=r.calling or "?",
-                    action="association.rejected",
-                    target=target,
-                    detail={"reason": r.reason, "called_ae": r.called},
+                    calling=r.calling,
+                    called=r.called,
+                    host=r.host,
+                    port=r.port,
+                    tls=self._tls,
+                    rejection=r.reason,
                 )
             if dropped:
                 audit(

@@ -16,7 +16,6 @@ import socket
 import ssl
 import threading
 import time
-from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
@@ -24,17 +23,14 @@ from pynetdicom.association import Association as PynetAssociation
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import A_ABORT
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from sqlalchemy import select
 
 from scp.guard import GuardedServer, GuardLimits
 from scp.ingest import ingest
+from scp.records import Session, add_association, close_record, close_stale
 from scp.refusals import Refusal, RefusalRecorder
 from scp.settings import ScpSettings
-from storage.audit import audit
 from storage.db import Database
 from storage.instances import InstanceStore, Origin
-from storage.jobs import mark_released
-from storage.models import Association, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -42,19 +38,6 @@ log = logging.getLogger(__name__)
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)
 REJECT_CALLED_AE = (0x01, 0x01, 0x07)
 REJECT_NO_REASON = (0x01, 0x01, 0x01)
-
-
-@dataclass
-class _Session:
-    """What we track about one live association."""
-
-    record_id: int
-    calling_ae: str
-    peer: str
-    studies: set[int] = field(default_factory=set)
-    stored: int = 0  # counted here and written once when the association ends
-    failed: int = 0
-    abort_reason: str | None = None  # why we aborted it, when we did
 
 
 def build_ssl_context(settings: ScpSettings) -> ssl.SSLContext | None:
@@ -75,7 +58,7 @@ class StorageSCP:
         self.settings = settings
         self.db = db
         self.store = store
-        self._sessions: dict[int, _Session] = {}
+        self._sessions: dict[int, Session] = {}
         self._requested: set[int] = set()  # associations our EVT_REQUESTED handler saw
         self._lock = threading.Lock()
         self._ae: AE | None = None
@@ -108,13 +91,7 @@ class StorageSCP:
 
     def close_stale_associations(self) -> int:
         """Associations a previous run left open ended when it did: record them as aborted."""
-        with self.db.session() as session:
-            stale = session.scalars(select(Association).where(Association.outcome == "open")).all()
-            for record in stale:
-                record.outcome = "aborted"
-                record.ended_at = utcnow()
-                record.reject_reason = "service stopped during the association"
-        return len(stale)
+        return close_stale(self.db)
 
     def start(self) -> None:
         stale = self.close_stale_associations()
@@ -220,7 +197,8 @@ class StorageSCP:
             self._requested.discard(key)
             state = self._sessions.pop(key, None)
         if state is not None:
-            self._close_record(
+            close_record(
+                self.db,
                 state,
                 "aborted",
                 state.abort_reason
@@ -261,30 +239,16 @@ class StorageSCP:
                 REJECT_CALLED_AE,
                 f"called AE {called!r} is not {self.settings.ae_title!r}",
             )
-        now = utcnow()
         with self.db.session() as session:
-            record = Association(
-                calling_ae=calling[:16],
-                called_ae=called[:16],
-                peer_host=host,
-                peer_port=port,
+            record = add_association(
+                session,
+                calling=calling,
+                called=called,
+                host=host,
+                port=port,
                 tls=self.settings.tls.enabled,
-                started_at=now,
-                outcome="rejected" if rejection else "open",
-                ended_at=now if rejection else None,
-                reject_reason=rejection[1] if rejection else None,
-                instances_stored=0,
-                instances_failed=0,
+                rejection=rejection[1] if rejection else None,
             )
-            session.add(record)
-            if rejection:
-                audit(
-                    session,
-                    actor=calling or "?",
-                    action="association.rejected",
-                    target=f"{host}:{port}",
-                    detail={"reason": rejection[1], "called_ae": called},
-                )
             session.flush()
             record_id = record.id
         if rejection:
@@ -296,7 +260,7 @@ class StorageSCP:
             assoc.kill()  # as pynetdicom's own rejections do: lets the A-ASSOCIATE-RJ go out
             return
         with self._lock:
-            self._sessions[id(assoc)] = _Session(record_id, calling, host)
+            self._sessions[id(assoc)] = Session(record_id, calling, host)
         log.info("association accepted", extra={"calling_ae": calling, "peer": f"{host}:{port}"})
 
     def _end(self, event: evt.Event, outcome: str, reason: str | None = None) -> None:
@@ -304,40 +268,7 @@ class StorageSCP:
             state = self._sessions.pop(id(event.assoc), None)
             still_open = set().union(*(s.studies for s in self._sessions.values()))
         if state is not None:
-            self._close_record(state, outcome, state.abort_reason or reason, still_open)
-
-    def _close_record(
-        self, state: _Session, outcome: str, reason: str | None, still_open: set[int]
-    ) -> None:
-        """Write how an association ended; an abort or late rejection is audited with why."""
-        now = utcnow()
-        with self.db.session() as session:
-            record = session.get(Association, state.record_id)
-            if record is not None:
-                record.outcome = outcome
-                record.ended_at = now
-                record.instances_stored = state.stored
-                record.instances_failed = state.failed
-                if reason is not None:
-                    record.reject_reason = reason[:128]
-            if outcome == "released":
-                mark_released(session, sorted(state.studies - still_open), now)
-            else:
-                audit(
-                    session,
-                    actor=state.calling_ae or "?",
-                    action=f"association.{outcome}",
-                    target=state.peer,
-                    detail={
-                        "reason": reason or "A-ABORT or connection closed",
-                        "association_id": state.record_id,
-                        "instances_stored": state.stored,
-                    },
-                )
-        log.info(
-            f"association {outcome}",
-            extra={"calling_ae": state.calling_ae, "peer": state.peer, "reason": reason},
-        )
+            close_record(self.db, state, outcome, state.abort_reason or reason, still_open)
 
     def _on_released(self, event: evt.Event) -> None:
         self._end(event, "released")
@@ -393,7 +324,7 @@ class StorageSCP:
                 state.failed += 1
         return answer
 
-    def _receive(self, event: evt.Event, state: _Session | None, origin: Origin) -> int | Dataset:
+    def _receive(self, event: evt.Event, state: Session | None, origin: Origin) -> int | Dataset:
         result = ingest(
             self.db,
             self.store,
