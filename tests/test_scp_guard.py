@@ -10,6 +10,7 @@ import socket
 import struct
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +19,8 @@ from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy import select
 
+from scp.refusals import Refusal, RefusalRecorder
+from storage.db import Database
 from storage.models import Association, AuditEvent, Instance
 from tamperscan.service import Service
 from tests.dicom_helpers import ct_dataset, make_scu
@@ -367,3 +370,18 @@ def test_connect_and_close_is_not_an_association(service: Service) -> None:
         socket.create_connection(("127.0.0.1", service.scp.port)).close()
     assert raw_echo(service.scp.port) == 0x0000
     assert len(associations(service)) == 1  # the echo; no row or thread for the 20 probes
+
+
+def test_a_refusal_flood_beyond_the_queue_is_counted_not_lost(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'index.db'}")
+    db.migrate()
+    recorder = RefusalRecorder(db, tls=False, capacity=3)
+    for i in range(10):  # the writer is not running yet: the queue fills after three
+        recorder.add(Refusal("192.0.2.7", 1000 + i, "host 192.0.2.7 not in scp.allowed_hosts"))
+    recorder.start()
+    recorder.stop()
+    with db.session() as session:
+        events = session.scalars(select(AuditEvent).order_by(AuditEvent.id)).all()
+        details = [e.detail for e in events]
+    assert len(details) == 4
+    assert details[-1] == {"reason": "record queue full", "count": 7}
