@@ -255,11 +255,15 @@ class GuardedServer(ThreadedAssociationServer):
     def _serve_connection(self, sock: socket.socket, client_address: Any) -> None:
         host, port = str(client_address[0]), int(client_address[1])
         raw = sock
+        deadline = time.monotonic() + self.limits.association_request_timeout_s
         try:
-            received = self._read_associate_rq(sock, host, port)
-            if received is None:
+            wrapped = self._handshake(raw, host, port)
+            if wrapped is None:
                 return
-            sock, first_pdu = received
+            sock = wrapped
+            first_pdu = self._read_associate_rq(sock, host, port, deadline)
+            if first_pdu is None:
+                return
             sock.settimeout(self.limits.network_timeout_s)  # a stalled peer cannot block a read
             self.table.handed_over(raw)
             handler = GuardedRequestHandler(sock, client_address, self, first_pdu)
@@ -284,22 +288,31 @@ class GuardedServer(ThreadedAssociationServer):
         log.warning("connection refused", extra={"peer": f"{host}:{port}", "reason": reason})
         self.hooks.connection_refused(host, port, reason)
 
-    def _read_associate_rq(
-        self, sock: socket.socket, host: str, port: int
-    ) -> tuple[socket.socket, bytes] | None:
-        """The checked first PDU (and the socket, TLS-wrapped if configured), or None."""
+    def _handshake(self, sock: socket.socket, host: str, port: int) -> socket.socket | None:
+        """The socket, TLS-wrapped when configured, or None when the handshake failed."""
+        if self.ssl_context is None:
+            return sock
         timeout = self.limits.association_request_timeout_s
-        deadline = time.monotonic() + timeout
         try:
-            if self.ssl_context is not None:
-                sock.settimeout(timeout)
-                sock = self.ssl_context.wrap_socket(sock, server_side=True)
+            sock.settimeout(timeout)
+            return self.ssl_context.wrap_socket(sock, server_side=True)
+        except (ssl.SSLEOFError, ConnectionResetError, BrokenPipeError):
+            log.debug("connection closed before the TLS handshake", extra={"peer": host})
+        except TimeoutError:
+            self._refuse(sock, host, port, f"TLS handshake not done within {timeout:g} s")
+        except (ssl.SSLError, OSError) as exc:
+            self._refuse(sock, host, port, f"TLS handshake failed: {exc}"[:128])
+        return None
+
+    def _read_associate_rq(
+        self, sock: socket.socket, host: str, port: int, deadline: float
+    ) -> bytes | None:
+        """The checked first PDU, or None when it was refused (and reported) or never came."""
+        timeout = self.limits.association_request_timeout_s
+        try:
             header, stalled = _read_exact(sock, rawpdu.HEADER_LENGTH, deadline)
         except (ssl.SSLEOFError, ConnectionResetError, BrokenPipeError):
             log.debug("connection closed before A-ASSOCIATE-RQ", extra={"peer": host})
-            return None
-        except TimeoutError:
-            self._refuse(sock, host, port, f"TLS handshake not done within {timeout:g} s")
             return None
         except (ssl.SSLError, OSError) as exc:
             self._refuse(sock, host, port, f"connection failed before A-ASSOCIATE-RQ: {exc}")
@@ -334,7 +347,7 @@ class GuardedServer(ThreadedAssociationServer):
             sock, host, port, pdu
         ):
             return None
-        return sock, pdu
+        return pdu
 
     def _undecodable(self, sock: socket.socket, host: str, port: int, pdu: bytes) -> bool:
         """Refuse an A-ASSOCIATE-RQ pynetdicom cannot decode, which it would abort and then
