@@ -1,20 +1,23 @@
-"""Raw DICOM Upper Layer PDUs over plain sockets, for tests that must send what no SCU would."""
+"""Raw DICOM Upper Layer PDUs over plain sockets, for tests that must send what no SCU would,
+and the SCP records those tests read back."""
 
 from __future__ import annotations
 
 import socket
 import struct
+import threading
 import time
 from io import BytesIO
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pydicom.uid import ImplicitVRLittleEndian
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom.dsutils import decode, encode
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy import func, select
 
-from storage.models import Association, AuditEvent
+from storage.models import Association, AuditEvent, Instance
+from tests.dicom_helpers import ct_dataset, make_scu
 
 APPLICATION_CONTEXT = b"1.2.840.10008.3.1.1.1"
 
@@ -155,3 +158,41 @@ def wait_until(condition: Any, timeout: float = 10.0, interval: float = 0.05) ->
             return True
         time.sleep(interval)
     return bool(condition())
+
+
+CONTEXTS = [
+    (1, str(Verification), [str(ImplicitVRLittleEndian)]),
+    (3, str(CTImageStorage), [str(ImplicitVRLittleEndian)]),
+]
+
+
+def reasons(service: Any, action: str) -> list[str]:
+    with service.db.session() as session:
+        events = session.scalars(select(AuditEvent).where(AuditEvent.action == action)).all()
+        return [str((e.detail or {}).get("reason")) for e in events]
+
+
+def associations(service: Any) -> list[Association]:
+    with service.db.session() as session:
+        return list(session.scalars(select(Association).order_by(Association.id)).all())
+
+
+def store_one(service: Any, seed: int = 0) -> int:
+    ae = make_scu()
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", service.scp.port, ae_title="TAMPERSCAN")
+    assert assoc.is_established
+    try:
+        ds = ct_dataset(generate_uid(), generate_uid(), seed=seed)
+        return int(assoc.send_c_store(ds).Status)
+    finally:
+        assoc.release()
+
+
+def instances(service: Any) -> int:
+    with service.db.session() as session:
+        return len(session.scalars(select(Instance.id)).all())
+
+
+def acceptor_threads() -> int:
+    return sum("AcceptorThread" in t.name for t in threading.enumerate())

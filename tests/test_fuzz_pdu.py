@@ -22,16 +22,18 @@ from sqlalchemy import func, select
 from storage.models import AuditEvent
 from tamperscan.service import Service
 from tests.pdu_helpers import (
+    acceptor_threads,
     associate_rq,
     command_set,
     connect,
     echo_rq,
+    instances,
     p_data,
     raw_echo,
     read_pdu,
+    store_one,
     wait_until,
 )
-from tests.test_scp_guard import acceptor_threads, instances, store_one
 
 SEED = 20261213
 PER_FAMILY = 12
