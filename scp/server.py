@@ -122,7 +122,6 @@ class StorageSCP:
             max_pdu_size=s.max_pdu_size,
             network_timeout_s=s.network_timeout_s,
         )
-        self._refusals.start()
         self._server = self._ae.make_server(
             (s.host, s.port),
             evt_handlers=handlers,
@@ -131,10 +130,11 @@ class StorageSCP:
             limits=limits,
             hooks=self,
         )
-        threading.Thread(target=self._server.serve_forever, name="scp-accept", daemon=True).start()
         # Accepted sockets inherit this on Linux: each small C-STORE response goes out at
         # once instead of waiting on Nagle's algorithm and the peer's delayed ACK (~40 ms).
         self._server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._refusals.start()
+        threading.Thread(target=self._server.serve_forever, name="scp-accept", daemon=True).start()
         log.info(
             "DICOM SCP listening",
             extra={
