@@ -15,13 +15,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-from pydicom.uid import CTImageStorage, ImplicitVRLittleEndian
+from pydicom.uid import CTImageStorage
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy import func, select
 
 from storage.models import AuditEvent
 from tamperscan.service import Service
 from tests.pdu_helpers import (
+    CONTEXTS,
     acceptor_threads,
     associate_rq,
     command_set,
@@ -38,10 +39,6 @@ from tests.pdu_helpers import (
 SEED = 20261213
 PER_FAMILY = 12
 RECORD_ACTIONS = ("connection.refused", "association.rejected", "association.aborted")
-CONTEXTS = [
-    (1, str(Verification), [str(ImplicitVRLittleEndian)]),
-    (3, str(CTImageStorage), [str(ImplicitVRLittleEndian)]),
-]
 SOURCES = ["127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4"]
 
 Rng = np.random.Generator
