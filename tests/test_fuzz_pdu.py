@@ -234,7 +234,7 @@ def _check_alive(service: Service, seed: int, threads_before: int) -> None:
 def test_raw_pdu_fuzz_every_input_recorded_and_scp_keeps_serving(service_factory: Any) -> None:
     service = service_factory(
         scp={
-            "association_request_timeout_s": 1.0,
+            "association_request_timeout_s": 3.0,
             "network_timeout_s": 2.0,
             "max_pdu_size": 65536,
             "max_connections_per_host": 40,
