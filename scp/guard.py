@@ -17,7 +17,8 @@ refuse every real association, and one header could make it buffer gigabytes (is
   ``GuardedAssociationSocket``, which also refuses, before reading it, any later PDU longer than
   ``max_pdu_size``;
 - when the association thread ends, however it ended, the hooks are told, so an association
-  whose pynetdicom thread died still gets a record and its peer an A-ABORT.
+  whose pynetdicom thread died still gets a record (and its peer an A-ABORT, if pynetdicom did
+  not already close the connection).
 
 No database here: everything worth recording goes to ``GuardHooks``.
 """
@@ -133,6 +134,7 @@ class GuardedAssociationSocket(AssociationSocket):
     _max_pdu: int
     _hooks: GuardHooks
     _expect_header: bool
+    _last_type: int
 
     def arm(self, first_pdu: bytes, max_pdu: int, hooks: GuardHooks) -> None:
         self._prefix = bytearray(first_pdu)
@@ -159,7 +161,7 @@ class GuardedAssociationSocket(AssociationSocket):
             data = self._read(nr_bytes)
             if nr_bytes == rawpdu.HEADER_LENGTH and len(data) == nr_bytes:
                 self._last_type, _ = rawpdu.parse_header(bytes(data))
-                if self._last_type in rawpdu.PduType._value2member_map_:
+                if rawpdu.is_known_type(self._last_type):
                     self._expect_header = False  # pynetdicom reads the body next
                 else:  # pynetdicom aborts: say why
                     self._hooks.pdu_refused(

@@ -44,6 +44,10 @@ def parse_header(header: bytes) -> tuple[int, int]:
     return pdu_type, length
 
 
+def is_known_type(pdu_type: int) -> bool:
+    return pdu_type in {t.value for t in PduType}
+
+
 def describe_type(pdu_type: int) -> str:
     try:
         return PduType(pdu_type).name
@@ -54,7 +58,7 @@ def describe_type(pdu_type: int) -> str:
 def first_pdu_problem(pdu_type: int, length: int) -> tuple[str, AbortReason] | None:
     """Why a connection's first PDU header is refused before its body is read, if it is."""
     if pdu_type != PduType.ASSOCIATE_RQ:
-        known = pdu_type in PduType._value2member_map_
+        known = is_known_type(pdu_type)
         reason = AbortReason.UNEXPECTED_PDU if known else AbortReason.UNRECOGNISED_PDU
         return f"first PDU is {describe_type(pdu_type)}, not A-ASSOCIATE-RQ", reason
     if length < ASSOCIATE_RQ_FIXED:
