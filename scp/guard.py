@@ -169,7 +169,9 @@ class GuardedAssociationSocket(AssociationSocket):
                     )
             return data
         self._expect_header = True
-        if nr_bytes > self._max_pdu:
+        # The A-ASSOCIATE-RQ itself (still in the prefix) was checked by the guard against its
+        # own limit: max_pdu_size is what we announce for the PDUs that follow it.
+        if nr_bytes > self._max_pdu and not self._prefix:
             reason = (
                 f"{rawpdu.describe_type(self._last_type)} PDU declares {nr_bytes} bytes,"
                 f" more than scp.max_pdu_size {self._max_pdu}"

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pynetdicom import StoragePresentationContexts
 from sqlalchemy import select
 
 from scp.refusals import Refusal, RefusalRecorder
@@ -164,6 +165,22 @@ def test_a_pdu_over_max_pdu_size_aborts_the_association(service_factory: Any) ->
     )
     assert reasons(service, "association.aborted") == [record.reject_reason]
     assert raw_echo(service.scp.port) == 0x0000
+
+
+def test_an_association_request_longer_than_max_pdu_size_is_accepted(
+    service_factory: Any,
+) -> None:
+    # max_pdu_size limits the PDUs after A-ASSOCIATE-RQ; 120 proposed contexts (about what DCMTK's
+    # storescu sends) make an RQ of about 8 KB, more than the smallest max_pdu_size allowed.
+    service = service_factory(scp={"max_pdu_size": 4096})
+    ae = make_scu()
+    for context in StoragePresentationContexts:
+        ae.add_requested_context(context.abstract_syntax, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", service.scp.port, ae_title="TAMPERSCAN")
+    assert assoc.is_established
+    assert assoc.send_c_store(ct_dataset(generate_uid(), generate_uid())).Status == 0
+    assoc.release()
+    assert instances(service) == 1
 
 
 def test_pdus_up_to_max_pdu_size_are_received(service_factory: Any) -> None:
