@@ -52,7 +52,7 @@ class ScpSettings(BaseModel):
         262144,
         ge=4096,
         le=64 * 1024 * 1024,
-        description="Largest PDU we accept, bytes: advertised, and enforced on every PDU received.",
+        description="Largest PDU we accept, bytes: advertised, and enforced after A-ASSOCIATE-RQ.",
     )
     association_request_timeout_s: float = Field(
         5.0, gt=0, description="Seconds a new connection has to deliver its A-ASSOCIATE-RQ."
