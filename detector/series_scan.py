@@ -228,6 +228,12 @@ class SeriesScan:
         """Fit each forensic check's null on this series' references and give regions p."""
         for check in self.checks:
             scores = self.null_scores[check.name]
+            if not getattr(check, "fits_null", True):  # an analytic null (exact repeats)
+                null = check.calibrate(())
+                raws = [r.scores[check.name]["raw"] for r in self.regions]
+                for region, p in zip(self.regions, null.tail_p_values(raws), strict=True):
+                    region.scores[check.name]["p"] = float(p)
+                continue
             if len(scores) < 40:
                 self.notes.append(f"{check.name}: too few reference locations in the series")
                 continue
@@ -247,7 +253,11 @@ class _LazySeries(Sequence[SliceImage]):
         return len(self.scan.slices)
 
     def __getitem__(self, k: int) -> SliceImage:  # type: ignore[override]
-        image = self.scan._image(k)
-        if image is None:  # unreadable: an empty slice indexes nothing
+        if not 0 <= k < len(self.scan.slices):
+            raise IndexError(k)
+        from detector.slices import SliceReadError
+
+        try:  # read, not cached: the pass ahead reads each slice once more, window by window
+            return self.scan.read(self.scan.slices[k].path)
+        except SliceReadError:  # unreadable: an empty slice indexes nothing
             return SliceImage(np.zeros((1, 1), np.float32), "CT", source=f"unreadable-{k}")
-        return image
