@@ -51,11 +51,23 @@ def train_models(args: argparse.Namespace, work: Path, seed: int) -> tuple[list[
         return models, times
     for modality in ("CT", "MR"):
         data = work / f"train-{modality.lower()}"
-        phantoms(modality, args.train_studies, args.slices, args.size, data, seed + (modality == "MR"))
+        phantoms(
+            modality, args.train_studies, args.slices, args.size, data, seed + (modality == "MR")
+        )
         recipes = {
             "inpaint": ["--patch-size", "64", "--model-dim", "16", "--batch-size", "32"],
-            "btd": ["--patch-size", "64", "--model-dim", "16", "--dim-mults", "1,2,4",
-                    "--batch-size", "16", "--max-timestep", "50"],  # fmt: skip
+            "btd": [
+                "--patch-size",
+                "64",
+                "--model-dim",
+                "16",
+                "--dim-mults",
+                "1,2,4",
+                "--batch-size",
+                "16",
+                "--max-timestep",
+                "50",
+            ],  # fmt: skip
         }
         for detector, extra in recipes.items():
             path = work / f"{modality.lower()}-{detector}.ckpt"
@@ -100,11 +112,16 @@ def study_outcomes(folders: list[Path], models: list[Path], work: Path) -> list[
         for path in sorted(folder.rglob("*.dcm")):
             ds = pydicom.dcmread(path)
             meta = inspect_dataset(ds, str(ds.file_meta.TransferSyntaxUID))
-            study_id = store.store(path.read_bytes(), meta, Origin("dimse", "BENCH", "127.0.0.1")).study_id
+            study_id = store.store(
+                path.read_bytes(), meta, Origin("dimse", "BENCH", "127.0.0.1")
+            ).study_id
         scorer = StudyScorer(db, root / "data", settings, model_set)
         outcomes.append(scorer.score(study_id, 1).outcome)
         db.engine.dispose()
     return outcomes
+
+
+HEADER = f"{'detector':<19}{'mod':<4}{'attack':<19}{'n+':>5}{'n-':>5}  AUC   95% CI        TPR@1%"
 
 
 def rate(hits: int, n: int) -> str:
@@ -133,7 +150,9 @@ def table(summary: dict) -> list[str]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--out", type=Path, required=True, help="new work folder")
     ap.add_argument("--seed", type=int, default=None, help="default: a fresh random draw")
     ap.add_argument("--ct", type=int, default=10, help="CT test studies")
@@ -166,29 +185,45 @@ def main() -> int:
         cli("tamper", "--in", str(genuine), "--out", str(out), "--attack", attack, "--family",
             family, "--count", str(args.count), "--seed", str(seed + 7), *extra)  # fmt: skip
         summaries[family] = evaluate(out, models, family, work / f"eval-{family}")
-    print("\ntraining time per model (s):", json.dumps({k: round(v) for k, v in train_times.items()}))
+    print(
+        "\ntraining time per model (s):", json.dumps({k: round(v) for k, v in train_times.items()})
+    )
     for family, summary in summaries.items():
         print(f"\n== reported on family {family}; checks developed on family A; "
               f"tuned on: {', '.join(summary.get('tuned_on') or ['-'])}")  # fmt: skip
-        print(f"{'detector':<19}{'mod':<4}{'attack':<19}{'n+':>5}{'n-':>5}  AUC   95% CI        TPR@1%")
+        print(HEADER)
         print("\n".join(table(summary)))
     print("* fewer than 30 tampered rows in the cell")
     fa_root = work / "fa"
-    phantoms("CT", (args.genuine_studies + 1) // 2, args.fa_slices, args.fa_size, fa_root, seed * 10 + 3)
+    phantoms(
+        "CT", (args.genuine_studies + 1) // 2, args.fa_slices, args.fa_size, fa_root, seed * 10 + 3
+    )
     phantoms("MR", args.genuine_studies // 2, args.fa_slices, args.fa_size, fa_root, seed * 10 + 4)
     folders = sorted(p for p in fa_root.iterdir() if p.is_dir())
     start = time.monotonic()
     outcomes = study_outcomes(folders, models, work / "fa-db")
     per_study = (time.monotonic() - start) / max(1, len(folders))
-    print(f"\nstudy false-alarm rate (configured 0.01): {rate(outcomes.count('tampered'), len(outcomes))}")
-    print(f"studies called suspicious or tampered: {rate(sum(o != 'clean' for o in outcomes), len(outcomes))}")
-    print(f"serving scorer: {per_study:.1f} s per genuine study ({args.fa_slices} slices, {args.fa_size} px)")
+    print(
+        "\nstudy false-alarm rate (configured 0.01):",
+        rate(outcomes.count("tampered"), len(outcomes)),
+    )
+    print(
+        "studies called suspicious or tampered:",
+        rate(sum(o != "clean" for o in outcomes), len(outcomes)),
+    )
+    print(
+        f"serving scorer: {per_study:.1f} s per genuine study "
+        f"({args.fa_slices} slices, {args.fa_size} px)"
+    )
     for family in ("A", "B"):
         out = work / f"tampered-{family}"
         edited = {r["study"] for r in json.loads((out / "regions.json").read_text())["records"]}
         tampered = sorted(p for p in out.iterdir() if p.is_dir() and p.name in edited)
         got = study_outcomes(tampered, models, work / f"db-{family}")
-        print(f"tampered studies (family {family}) called tampered: {rate(got.count('tampered'), len(got))}")
+        print(
+            f"tampered studies (family {family}) called tampered:",
+            rate(got.count("tampered"), len(got)),
+        )
     return 0
 
 
