@@ -25,6 +25,7 @@ import numpy as np
 import pydicom
 
 from detector.calibration import Calibration
+from detector.forensics import VERSION as FORENSIC_VERSION
 from detector.forensics.base import hotspots
 from detector.forensics.references import points_in, tissue_mask
 from detector.interface import Detector, Location, SliceImage
@@ -195,7 +196,11 @@ class SeriesScan:
         ]
         for check in self.checks:
             for region, result in zip(found, check.score(locations), strict=True):
-                region.scores[check.name] = {"raw": result.score, "kind": check.kind.value}
+                region.scores[check.name] = {
+                    "raw": result.score,
+                    "kind": check.kind.value,
+                    "model": FORENSIC_VERSION,
+                }
                 region.maps[check.name] = result.heatmap.astype(np.float16)
             self.null_scores[check.name] += [r.score for r in check.score(references)]
         self.regions += found
