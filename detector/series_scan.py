@@ -4,11 +4,14 @@ Slices are read in order along the slice normal and only a small window of them 
 memory (the slice, its neighbours for the slice check, ``window`` slices either side for the
 copy-move search), whatever the study size. On each slice:
 
-1. regions come from the blob proposals, the hotspots of the first forensic check's anomaly
-   map (cheap evidence over every pixel: a removal leaves no blob, but it leaves a noise
-   hole), the GPU sliding window and admin requests;
+1. regions come from the blob proposals, the hotspots of every map check's anomaly map
+   (cheap evidence over every pixel: a removal leaves no blob, but it leaves a noise hole),
+   areas whose blocks repeat elsewhere in the series, the GPU sliding window and admin
+   requests;
 2. every forensic check scores the regions and a few random reference locations of the same
-   tissue; the references are its null for this series (fitted once, at the end of the pass);
+   tissue; the references are its null for this series (fitted once, at the end of the pass).
+   Hotspots were chosen as their slice's strongest anomalies, so the check that chose them
+   compares them with the strongest anomalies of every slice instead (a max-statistic null);
 3. learned models score the regions in device batches, against their stored calibration.
 
 No database access here: the scorer hands in the files and records what comes out.
@@ -109,6 +112,10 @@ class SeriesScan:
         self.regions: list[RegionCheck] = []
         self.notes: list[str] = []
         self.null_scores: dict[str, list[float]] = {c.name: [] for c in self.checks}
+        # A hotspot is among the strongest anomalies of its slice, not a random location: its
+        # null is the strongest anomaly of every slice of the series (a max-statistic null,
+        # conservative for the second and later peaks of a slice).
+        self.peak_null: dict[str, list[float]] = {}
         self._images: dict[int, SliceImage | None] = {}
         self._pending: list[tuple[Location, RegionCheck]] = []
 
@@ -166,14 +173,18 @@ class SeriesScan:
     ) -> None:
         proposals = propose(image, self.window_stride, self.max_blobs)
         mask = tissue_mask(image)
-        mapper = next((c for c in self.checks if hasattr(c, "anomaly_map")), None)
-        if mapper is not None and self.hotspots_per_slice:
-            probe = Location(image, 0, 0, context, neighbours)
+        probe = Location(image, 0, 0, context, neighbours)
+        for mapper in [c for c in self.checks if hasattr(c, "anomaly_map")]:
+            if not self.hotspots_per_slice:
+                break
             anomaly = mapper.anomaly_map(probe)  # type: ignore[attr-defined]
+            peaks = hotspots(anomaly, mask, self.hotspots_per_slice)
+            if peaks:  # the slice's strongest anomaly: the conservative null for every rank
+                self.peak_null.setdefault(mapper.name, []).append(peaks[0][2])
             taken = [(p.x, p.y) for p in proposals]
-            for x, y, value in hotspots(anomaly, mask, self.hotspots_per_slice):
+            for x, y, value in peaks:
                 if all((x - a) ** 2 + (y - b) ** 2 > 64 for a, b in taken):
-                    proposals.append(Proposal(x, y, 8.0, "hotspot", value))
+                    proposals.append(Proposal(x, y, 8.0, f"hotspot:{mapper.name}", value))
         for check in self.checks:
             candidates = getattr(check, "candidates", None)
             if candidates is None:
@@ -181,7 +192,7 @@ class SeriesScan:
             taken = [(p.x, p.y) for p in proposals]
             for x, y, value in candidates(image, mask):
                 if all((x - a) ** 2 + (y - b) ** 2 > 64 for a, b in taken):
-                    proposals.append(Proposal(x, y, 8.0, "hotspot", value))
+                    proposals.append(Proposal(x, y, 8.0, "repeat", value))
         rows, cols = image.pixels.shape
         proposals += [
             Proposal(x, y, radius, source="admin", strength=float("inf"))
@@ -243,9 +254,14 @@ class SeriesScan:
                 self.notes.append(f"{check.name}: too few reference locations in the series")
                 continue
             null = Calibration.from_scores(scores)
-            raws = [r.scores[check.name]["raw"] for r in self.regions]
-            for region, p in zip(self.regions, null.tail_p_values(raws), strict=True):
-                region.scores[check.name]["p"] = float(p)
+            peaks = self.peak_null.get(check.name, [])
+            peak_null = Calibration.from_scores(peaks) if peaks else None
+            for region in self.regions:
+                evidence = region.scores[check.name]
+                chosen = null
+                if region.proposal.source == f"hotspot:{check.name}" and peak_null is not None:
+                    chosen = peak_null  # few slices: conformal only (no tail below 40)
+                evidence["p"] = float(chosen.tail_p_values([evidence["raw"]])[0])
 
 
 class _LazySeries(Sequence[SliceImage]):

@@ -44,11 +44,11 @@ class DetectorSettings(BaseModel):
     )
     batch_size: int = Field(0, ge=0, description="Patches per device batch; 0 picks by device.")
     checks: list[str] = Field(
-        default_factory=lambda: ["noise-consistency", "exact-repeat"],
+        default_factory=lambda: ["noise-consistency", "slice-consistency", "exact-repeat"],
         description="Forensic checks (no training) run on every series, learned models or not.",
     )
     hotspots_per_slice: int = Field(
-        4, ge=0, description="Extra regions per slice at the first check's strongest anomalies."
+        2, ge=0, description="Extra regions per slice and map check at its strongest anomalies."
     )
     references_per_series: int = Field(
         600, ge=40, le=100000, description="Reference locations each check's null is fitted on."

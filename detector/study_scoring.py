@@ -209,7 +209,7 @@ class StudyScorer:
             sop_instance_uid=check.ref.sop_uid,
             x=check.proposal.x,
             y=check.proposal.y,
-            source=check.proposal.source,
+            source=check.proposal.source.split(":")[0],
             radius_px=check.proposal.radius_px,
             scores=check.scores,
             p_value=check.p_region,

@@ -289,7 +289,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Score every manifest location and report, per detector, modality and "
         "attack: ROC AUC with a stratified bootstrap 95% interval and TPR at 1% and 5% FPR "
         "(negatives: all genuine rows of the modality), plus the 'fused' row: the serving "
-        "rule (Bonferroni over every detector's calibrated p-value). Writes summary.json, "
+        "rule (Bonferroni over the calibrated p-values of the default [detector] checks and the "
+        "learned models among those scored). Writes summary.json, "
         "scores.csv and "
         "roc_<detector>_<modality>.png. Reads lab manifests, CHAIMELEON test.csv and the BTD "
         "test-set layout (CT .npy in HU, MRI .png; CSV path,x,y,type).",
