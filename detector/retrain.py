@@ -41,7 +41,7 @@ import numpy as np
 from detector.settings import RetrainSettings
 from storage.db import Database
 from storage.models import ModelVersion, TrainingRun, utcnow
-from storage.pool import PoolInstance, select_pool
+from storage.pool import PoolInstance, select_pool_with_report
 from storage.registry import (
     RunHolder,
     add_version,
@@ -251,7 +251,7 @@ class Retrainer:
             with self.db.reading() as session:
                 current = {d: production(session, d, modality) for d in settings.detectors}
                 bootstrap = all(v is None for v in current.values())
-                pool = select_pool(
+                pool, pool_report = select_pool_with_report(
                     session,
                     modality=modality,
                     now=self.clock(),
@@ -264,7 +264,10 @@ class Retrainer:
             if len(patients) < settings.min_patients:
                 summary[modality] = {
                     "skipped": f"the genuine pool has {len(patients)} patients "
-                    f"({len(pool)} instances); at least {settings.min_patients} are needed"
+                    f"({len(pool)} instances); [retrain] min_patients = "
+                    f"{settings.min_patients} are needed",
+                    "filters": pool_report.reasons(modality, settings.quarantine_days),
+                    "pool": pool_report.as_dict(),
                 }
                 continue
             rng = np.random.default_rng(run_id)
@@ -289,7 +292,15 @@ class Retrainer:
             try:
                 gate = Gate.build(gate_dir, work / modality / "lab", modality, settings, run_id)
             except Exception as exc:
-                summary[modality] = {"skipped": f"the gate could not be built: {exc}"}
+                summary[modality] = {
+                    "skipped": f"the gate could not be built: {exc}",
+                    "filters": [
+                        f"the gate attacks copies of the {len(gate_patients)} held-out patients "
+                        f"({len(gate_items)} instances): lower [retrain] gate_count "
+                        f"(= {settings.gate_count}) or trim gate_attacks, or raise "
+                        f"holdout_fraction (= {settings.holdout_fraction:g}) or add patients"
+                    ],
+                }
                 continue
             results: dict[str, Any] = {}
             summary[modality] = results
