@@ -79,6 +79,21 @@ def _total_steps(
     return min(total, max_steps) if max_steps is not None else total
 
 
+def _fit_total_to_budget(
+    bar: Any,
+    planned: int | None,
+    step: int,
+    done: int,
+    started: float,
+    left: float,
+    reserve: float,
+) -> None:
+    """Set the bar's total to the steps the time budget still allows, so its ETA is true."""
+    mean = (time.monotonic() - started) / max(1, done)
+    affordable = step + max(0, int(left / mean - reserve))
+    bar.total = affordable if planned is None else min(planned, affordable)
+
+
 def fit(
     kind: str,
     model: nn.Module,
@@ -143,8 +158,9 @@ def fit(
         if isinstance(loader, DataLoader):  # shard across processes under `accelerate launch`
             loader = accelerator.prepare_data_loader(loader)
         if bar is None:
+            planned = _total_steps(loader, epochs, start_epoch, start_step, max_steps)
             bar = tqdm(
-                total=_total_steps(loader, epochs, start_epoch, start_step, max_steps),
+                total=planned,
                 initial=start_step,
                 desc=f"train {kind}",
                 unit="step",
@@ -165,7 +181,11 @@ def fit(
             bar.update(1)
             postfix = {"loss": f"{result.losses[-1]:.4f}", "epoch": f"{epoch + 1}/{epochs}"}
             if deadline is not None:
-                postfix["budget"] = f"{max(0.0, deadline - time.monotonic()) / 60:.1f} min"
+                left = max(0.0, deadline - time.monotonic())
+                postfix["budget"] = f"{left / 60:.1f} min"
+                _fit_total_to_budget(
+                    bar, planned, step, step - start_step, started, left, reserve_steps
+                )
             bar.set_postfix(postfix, refresh=False)
             if between_steps is not None:
                 between_steps()

@@ -11,15 +11,14 @@ from typing import Any
 
 from torch import nn
 
+from detector.btd_config import DEFAULT_TRAIN_MAX_TIMESTEP
 from detector.preprocess import Preprocessing, normalise_modality
 
 DETECTORS = ("btd", "inpaint")
 DEFAULT_LR = {"btd": 1e-4, "inpaint": 2e-4}
 
-#: BTD scores at t = 0 (``BTDScoring.t``); training samples t in [0, this]. At t = 50 the
-#: sigmoid schedule's noise is 0.13 of the [-1, 1] range (about 180 HU), several times CT
-#: scanner noise, so the model learns the noise levels it is asked about and no other.
-DEFAULT_BTD_MAX_TIMESTEP = 50
+#: BTD scores at t = 0 (``BTDScoring.t``) and trains on t in [0, this] (see btd_config).
+DEFAULT_BTD_MAX_TIMESTEP = DEFAULT_TRAIN_MAX_TIMESTEP
 
 #: Inpainting hole side at lesion scale, in mm: CT-GAN hides the central 20 mm of its cubes
 #: (nodules are 3-30 mm); breast MR masses run larger (5-40 mm).

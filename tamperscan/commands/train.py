@@ -56,7 +56,7 @@ def _timestep(value: str) -> int | None:
 
 
 def register(subparsers: Any) -> None:
-    from detector.training import DEFAULT_BTD_MAX_TIMESTEP
+    from detector.btd_config import DEFAULT_TRAIN_MAX_TIMESTEP as DEFAULT_BTD_MAX_TIMESTEP
 
     p = subparsers.add_parser(
         "train",
