@@ -264,8 +264,8 @@ class Retrainer:
             if len(patients) < settings.min_patients:
                 summary[modality] = {
                     "skipped": f"the genuine pool has {len(patients)} patients "
-                    f"({len(pool)} instances); [retrain] min_patients = "
-                    f"{settings.min_patients} are needed",
+                    f"({len(pool)} instances); at least {settings.min_patients} are needed "
+                    "([retrain] min_patients)",
                     "filters": pool_report.reasons(modality, settings.quarantine_days),
                     "pool": pool_report.as_dict(),
                 }
@@ -369,7 +369,7 @@ class Retrainer:
             patches_per_slice=per_slice,
             calibration_patches=settings.calibration_patches,
             max_steps=settings.max_steps,
-            max_seconds=seconds * 0.7,  # leave time to calibrate and to run the gate
+            max_seconds=seconds * 0.7,  # training and calibration; the rest is for the gate
             device=settings.device,
             seed=run_id,
             progress=False,

@@ -59,13 +59,16 @@ def test_retrain_names_each_filter_that_emptied_the_pool_and_exits_4(
     config = _config(tmp_path, quarantine_days=0.0, trusted_calling_aets=["CT01"])
     assert main(["retrain", "--now", "--config", str(config)]) == 4
     out = capsys.readouterr().out
-    assert "the genuine pool has 2 patients" in out and "min_patients = 3" in out
+    assert (
+        "the genuine pool has 2 patients" in out
+        and "at least 3 are needed ([retrain] min_patients)" in out
+    )
 
     # --bootstrap lifts the quarantine (the operator vouches), and no other limit.
     config = _config(tmp_path, trusted_calling_aets=["CT01"])
     assert main(["retrain", "--bootstrap", "--config", str(config)]) == 4
     out = capsys.readouterr().out
-    assert "quarantine_days" not in out and "min_patients = 3" in out
+    assert "quarantine_days" not in out and "[retrain] min_patients" in out
 
 
 @pytest.mark.parametrize(

@@ -79,19 +79,68 @@ def _total_steps(
     return min(total, max_steps) if max_steps is not None else total
 
 
-def _fit_total_to_budget(
-    bar: Any,
-    planned: int | None,
-    step: int,
-    done: int,
-    started: float,
-    left: float,
-    reserve: float,
-) -> None:
-    """Set the bar's total to the steps the time budget still allows, so its ETA is true."""
-    mean = (time.monotonic() - started) / max(1, done)
-    affordable = step + max(0, int(left / mean - reserve))
-    bar.total = affordable if planned is None else min(planned, affordable)
+class _Progress:
+    """The step counter, the stop rules and the tqdm bar (whose total follows the budget)."""
+
+    def __init__(
+        self,
+        kind: str,
+        start_step: int,
+        max_steps: int | None,
+        max_seconds: float | None,
+        reserve_steps: float,
+        show: bool,
+    ) -> None:
+        self.kind, self.start_step, self.step = kind, start_step, start_step
+        self.max_steps, self.reserve = max_steps, reserve_steps
+        self.started = time.monotonic()
+        self.deadline = None if max_seconds is None else self.started + max_seconds
+        self.show = show
+        self.bar: Any = None
+        self.planned: int | None = None
+
+    def open(self, planned: int | None) -> None:
+        from tqdm.auto import tqdm
+
+        self.planned = planned
+        self.bar = tqdm(
+            total=planned,
+            initial=self.step,
+            desc=f"train {self.kind}",
+            unit="step",
+            file=sys.stderr,
+            disable=not self.show,
+            dynamic_ncols=True,
+        )
+
+    def mean_step_s(self) -> float:
+        done = self.step - self.start_step
+        return (time.monotonic() - self.started) / done if done else 0.0
+
+    def stepped(self, loss: float, epoch: str) -> None:
+        self.step += 1
+        self.bar.update(1)
+        postfix = {"loss": f"{loss:.4f}", "epoch": epoch}
+        if self.deadline is not None:
+            left = max(0.0, self.deadline - time.monotonic())
+            postfix["budget"] = f"{left / 60:.1f} min"
+            affordable = self.step + max(0, int(left / self.mean_step_s() - self.reserve))
+            self.bar.total = affordable if self.planned is None else min(self.planned, affordable)
+        self.bar.set_postfix(postfix, refresh=False)
+
+    def stop_reason(self) -> StopReason | None:
+        if self.max_steps is not None and self.step >= self.max_steps:
+            return StopReason.MAX_STEPS
+        if self.deadline is None:
+            return None
+        if time.monotonic() + self.mean_step_s() * (1 + self.reserve) >= self.deadline:
+            return StopReason.TIME_BUDGET
+        return None
+
+    def close(self) -> float:
+        if self.bar is not None:
+            self.bar.close()
+        return time.monotonic() - self.started
 
 
 def fit(
@@ -124,7 +173,6 @@ def fit(
     is a budget from now; the loop stops ``reserve_steps`` mean step times before it runs out.
     """
     from ema_pytorch import EMA
-    from tqdm.auto import tqdm
 
     accelerator = accelerator or _accelerator(device)
     opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.99))
@@ -136,38 +184,15 @@ def fit(
     ema.to(accelerator.device)
     model, opt = accelerator.prepare(model, opt)
     result = FitResult(model, ema)
-    step = start_step
-    started = time.monotonic()
-    deadline = None if max_seconds is None else started + max_seconds
-    bar = None
-
-    def stop_reason() -> StopReason | None:
-        if max_steps is not None and step >= max_steps:
-            return StopReason.MAX_STEPS
-        if deadline is None:
-            return None
-        done = step - start_step
-        mean = (time.monotonic() - started) / done if done else 0.0
-        if time.monotonic() + mean * (1 + reserve_steps) >= deadline:
-            return StopReason.TIME_BUDGET
-        return None
-
+    show = progress and accelerator.is_main_process
+    run = _Progress(kind, start_step, max_steps, max_seconds, reserve_steps, show)
     for epoch in range(start_epoch, epochs):
         model.train()
         loader = batches(epoch)
         if isinstance(loader, DataLoader):  # shard across processes under `accelerate launch`
             loader = accelerator.prepare_data_loader(loader)
-        if bar is None:
-            planned = _total_steps(loader, epochs, start_epoch, start_step, max_steps)
-            bar = tqdm(
-                total=planned,
-                initial=start_step,
-                desc=f"train {kind}",
-                unit="step",
-                file=sys.stderr,
-                disable=not (progress and accelerator.is_main_process),
-                dynamic_ncols=True,
-            )
+        if run.bar is None:
+            run.open(_total_steps(loader, epochs, start_epoch, start_step, max_steps))
         for batch in loader:
             with accelerator.autocast():
                 loss = training_loss(kind, model, batch.to(accelerator.device), max_timestep)
@@ -176,29 +201,18 @@ def fit(
             opt.step()
             opt.zero_grad(set_to_none=True)
             ema.update()
-            step += 1
             result.losses.append(float(loss.detach()))
-            bar.update(1)
-            postfix = {"loss": f"{result.losses[-1]:.4f}", "epoch": f"{epoch + 1}/{epochs}"}
-            if deadline is not None:
-                left = max(0.0, deadline - time.monotonic())
-                postfix["budget"] = f"{left / 60:.1f} min"
-                _fit_total_to_budget(
-                    bar, planned, step, step - start_step, started, left, reserve_steps
-                )
-            bar.set_postfix(postfix, refresh=False)
+            run.stepped(result.losses[-1], f"{epoch + 1}/{epochs}")
             if between_steps is not None:
                 between_steps()
-            if stop_reason() is not None:
+            if run.stop_reason() is not None:
                 break
         if on_epoch_end is not None and accelerator.is_main_process:
-            on_epoch_end(epoch + 1, step, accelerator.unwrap_model(model), ema, opt)
-        reason = stop_reason()
+            on_epoch_end(epoch + 1, run.step, accelerator.unwrap_model(model), ema, opt)
+        reason = run.stop_reason()
         if reason is not None:
             result.stopped = reason
             break
-    if bar is not None:
-        bar.close()
+    result.seconds = run.close()
     result.model = accelerator.unwrap_model(model)
-    result.seconds = time.monotonic() - started
     return result

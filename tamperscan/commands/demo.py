@@ -113,7 +113,7 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"tamperscan: demo: {exc}", file=sys.stderr)
         return EXIT_FAILED
     config = _write_config(root, models)
-    print(f"[demo] models trained and studies made in {time.monotonic() - started:.0f} s")
+    _say(f"models trained and studies made in {time.monotonic() - started:.0f} s")
     return _serve_and_send(config, studies, args)
 
 
@@ -169,7 +169,7 @@ def _studies_to_send(root: Path, args: argparse.Namespace, attacks: list[str]) -
 
     count = len(attacks) + args.genuine
     clean, sent = root / "send-genuine", root / "send"
-    _say(f"writing {count} {args.modality} studies to send; tampering {len(attacks)} of them")
+    _say(f"writing {count} {args.modality} studies to send; placing {len(attacks)} attacks")
     folders = write_phantoms(
         args.modality, count, args.slices, clean, seed=args.seed + 1000, size=args.image_size
     )

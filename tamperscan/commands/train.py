@@ -137,6 +137,12 @@ def register(subparsers: Any) -> None:
         "(auto: on for MR, off for CT)",
     )
     add(
+        "--patches-per-slice",
+        type=positive,
+        default=4,
+        help="patches drawn per slice (or per region row) each epoch (4)",
+    )
+    add(
         "--calibration-patches",
         type=positive,
         default=512,
@@ -171,7 +177,7 @@ def _options(args: argparse.Namespace) -> Any:
         normalise_score=normalise,
         max_timestep=args.max_timestep,
         proposal_fraction=args.proposal_fraction,
-        patches_per_slice=4,
+        patches_per_slice=args.patches_per_slice,
         calibration_patches=args.calibration_patches,
         max_steps=args.max_steps,
         max_seconds=args.time_budget * 60 if args.time_budget else None,
