@@ -481,7 +481,7 @@ class Gate:
     def measure(self, checkpoint: Path, step_hook: Callable[[], None]) -> GateMetrics:
         from detector.evaluation import roc_auc, score_rows
         from detector.loading import load_detector
-        from detector.training import calibration_patches
+        from detector.training import DEFAULT_PROPOSAL_FRACTION, calibration_patches
 
         step_hook()
         det = load_detector(checkpoint, device=self.settings.device)
@@ -493,7 +493,8 @@ class Gate:
         auc = roc_auc(labels, [s.score for s in scored])
         step_hook()
         patches = calibration_patches(
-            self.slices, det.prep, [], self.settings.gate_genuine_patches, self.seed + 7
+            self.slices, det.prep, [], self.settings.gate_genuine_patches, self.seed + 7,
+            proposal_fraction=DEFAULT_PROPOSAL_FRACTION,  # drawn as calibration drew them
         )
         raw, _ = det.score_patches(patches)
         p = det.p_values(raw)

@@ -20,6 +20,9 @@ DEFAULT_LR = {"btd": 1e-4, "inpaint": 2e-4}
 #: BTD scores at t = 0 (``BTDScoring.t``) and trains on t in [0, this] (see btd_config).
 DEFAULT_BTD_MAX_TIMESTEP = DEFAULT_TRAIN_MAX_TIMESTEP
 
+#: Share of body patches centred on the slices' region proposals (training, calibration, gate).
+DEFAULT_PROPOSAL_FRACTION = 0.5
+
 #: Inpainting hole side at lesion scale, in mm: CT-GAN hides the central 20 mm of its cubes
 #: (nodules are 3-30 mm); breast MR masses run larger (5-40 mm).
 DEFAULT_HOLE_MM = {"CT": 20.0, "MR": 30.0}
@@ -54,7 +57,7 @@ class TrainOptions:
     hole_mm: float | None = None  # inpainting only; None: DEFAULT_HOLE_MM of the modality
     normalise_score: bool | None = None  # inpainting only; None: DEFAULT_NORMALISE_SCORE
     max_timestep: int | None = DEFAULT_BTD_MAX_TIMESTEP  # BTD only; None: all timesteps
-    proposal_fraction: float = 0.5  # share of body patches centred on region proposals
+    proposal_fraction: float = DEFAULT_PROPOSAL_FRACTION
     patches_per_slice: int = 4
     holdout_fraction: float = 0.1
     calibration_patches: int = 512
