@@ -89,3 +89,30 @@ def test_read_only_commands_refuse_a_missing_database(
     err = capsys.readouterr().err
     assert "no database at" in err and str(config.resolve()) in err
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_studies_waiting_for_a_model_are_queued_once_for_their_modality(
+    tmp_path: Path, phantoms: list[Path]
+) -> None:
+    from sqlalchemy import select
+
+    from storage.models import Job, Study
+    from storage.rescore import requeue_unscored
+
+    db = Database(f"sqlite:///{tmp_path / 'index.db'}")
+    db.migrate()
+    store = InstanceStore(db, tmp_path / "data")
+    waiting, failed = (store_folder(store, folder, "CT01") for folder in phantoms)
+    give_verdict(db, waiting, "not_scored", utcnow(), reason="no model for CT")
+    give_verdict(db, failed, "not_scored", utcnow(), reason="scoring failed after 3 attempts")
+    with db.session() as session:
+        assert requeue_unscored(session, ["MR"], utcnow()) == []  # not its modality
+        assert requeue_unscored(session, ["CT"], utcnow()) == [waiting]
+        assert requeue_unscored(session, ["CT"], utcnow()) == []  # queued already: not twice
+    with db.reading() as session:
+        study = session.get(Study, waiting)
+        assert study is not None and (study.version, study.state) == (2, "queued")
+        jobs = session.scalars(select(Job).where(Job.study_id == waiting)).all()
+        assert [(j.study_version, j.state) for j in jobs] == [(2, "queued")]
+        assert session.get(Study, failed).version == 1  # a failure is not "no model"
+    db.dispose()

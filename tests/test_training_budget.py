@@ -66,7 +66,7 @@ def test_time_budget_stops_cleanly_with_a_calibrated_checkpoint(
     assert rc == 0
     captured = capsys.readouterr()
     assert "time budget of 0.1 min spent" in captured.out
-    assert seconds < budget_min * 60 + 10  # start-up (imports, phantom headers) on top
+    assert seconds < budget_min * 60 + 45  # headers, first batch; a shared CPU on top
     ckpt = load_checkpoint(model)
     assert ckpt.calibration is not None and ckpt.calibration.size == 16
     assert 1 <= ckpt.step < 1000 * 2
