@@ -120,27 +120,10 @@ class PoolReport:
         return asdict(self)
 
 
-def select_pool(
-    session: Session,
-    *,
-    modality: str,
-    now: datetime,
-    trusted_calling_aets: Sequence[str],
-    quarantine_days: float,
-    max_per_patient: int,
-    bootstrap: bool = False,
-) -> list[PoolInstance]:
-    """The admitted instances of ``modality``, deterministic order (patient, series, number)."""
-    pool, _ = select_pool_with_report(
-        session,
-        modality=modality,
-        now=now,
-        trusted_calling_aets=trusted_calling_aets,
-        quarantine_days=quarantine_days,
-        max_per_patient=max_per_patient,
-        bootstrap=bootstrap,
-    )
-    return pool
+def select_pool(session: Session, **criteria: Any) -> list[PoolInstance]:
+    """The admitted instances, deterministic order (patient, series, number); the criteria are
+    those of :func:`select_pool_with_report`."""
+    return select_pool_with_report(session, **criteria)[0]
 
 
 def select_pool_with_report(
@@ -153,7 +136,7 @@ def select_pool_with_report(
     max_per_patient: int,
     bootstrap: bool = False,
 ) -> tuple[list[PoolInstance], PoolReport]:
-    """:func:`select_pool` and the count of what each filter removed."""
+    """The admitted instances of ``modality`` and the count of what each filter removed."""
     report = PoolReport()
     cutoff = now - timedelta(days=quarantine_days)
     outcomes = [CLEAN, NOT_SCORED] if bootstrap else [CLEAN]
