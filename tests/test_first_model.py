@@ -79,9 +79,11 @@ def test_retrain_names_each_filter_that_emptied_the_pool_and_exits_4(
         ["models", "rollback", "CT", "btd"],
         ["deliveries"],
         ["user", "list"],
+        ["retrain", "--now"],
+        ["retrain", "--bootstrap"],
     ],
 )
-def test_read_only_commands_refuse_a_missing_database(
+def test_commands_that_need_a_database_refuse_a_missing_one(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
 ) -> None:
     config = write_config(tmp_path / "config.toml", 0, tmp_path / "nowhere")

@@ -11,8 +11,8 @@ printed with the config key that moves it.
 (the operator vouches for the trusted studies received so far), only for modalities that have
 no production model yet; the promotion gate still applies.
 
-Exit status: 0 trained (and, with --bootstrap, promoted); 1 the run failed; 2 usage or
-configuration; 3 another run holds the lock; 4 nothing was trained (or, with --bootstrap,
+Exit status: 0 trained (and, with --bootstrap, promoted); 1 the run failed; 2 usage,
+configuration, or no database where the config points (never created here); 3 another run holds the lock; 4 nothing was trained (or, with --bootstrap,
 nothing promoted): the lines above say which filter or gate limit stopped it.
 """
 
@@ -84,13 +84,6 @@ def register(subparsers: Any) -> None:
     rb.set_defaults(handler=_rollback)
 
 
-def _db(settings: Settings) -> Database:
-    settings.storage.data_dir.mkdir(parents=True, exist_ok=True)
-    db = Database(settings.storage.resolved_database_url())
-    db.migrate()
-    return db
-
-
 def _bootstrap_settings(settings: Settings, db: Database) -> tuple[Any, list[str]]:
     """[retrain] for the first models: no quarantine, modalities without production only."""
     from storage.registry import production
@@ -143,7 +136,11 @@ def _retrain(args: argparse.Namespace) -> int:
         os.nice(10)  # serve's scoring, if it runs beside us, wins the CPU
     except OSError:
         logging.getLogger(__name__).warning("could not lower the CPU priority")
-    db = _db(settings)
+    try:  # nothing to train on without a database: never create an empty one here
+        db = existing_database(args, settings)
+    except NoDatabase as exc:
+        print(f"tamperscan: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     retrain = settings.retrain
     if args.bootstrap:
         retrain, todo = _bootstrap_settings(settings, db)
