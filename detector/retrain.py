@@ -41,7 +41,7 @@ import numpy as np
 from detector.settings import RetrainSettings
 from storage.db import Database
 from storage.models import ModelVersion, TrainingRun, utcnow
-from storage.pool import PoolInstance, select_pool
+from storage.pool import PoolInstance, select_pool_with_report
 from storage.registry import (
     RunHolder,
     add_version,
@@ -252,7 +252,7 @@ class Retrainer:
             with self.db.reading() as session:
                 current = {d: production(session, d, modality) for d in settings.detectors}
                 bootstrap = all(v is None for v in current.values())
-                pool = select_pool(
+                pool, pool_report = select_pool_with_report(
                     session,
                     modality=modality,
                     now=self.clock(),
@@ -265,7 +265,10 @@ class Retrainer:
             if len(patients) < settings.min_patients:
                 summary[modality] = {
                     "skipped": f"the genuine pool has {len(patients)} patients "
-                    f"({len(pool)} instances); at least {settings.min_patients} are needed"
+                    f"({len(pool)} instances); at least {settings.min_patients} are needed "
+                    "([retrain] min_patients)",
+                    "filters": pool_report.reasons(modality, settings.quarantine_days),
+                    "pool": pool_report.as_dict(),
                 }
                 continue
             rng = np.random.default_rng(run_id)
@@ -290,7 +293,15 @@ class Retrainer:
             try:
                 gate = Gate.build(gate_dir, work / modality / "lab", modality, settings, run_id)
             except Exception as exc:
-                summary[modality] = {"skipped": f"the gate could not be built: {exc}"}
+                summary[modality] = {
+                    "skipped": f"the gate could not be built: {exc}",
+                    "filters": [
+                        f"the gate attacks copies of the {len(gate_patients)} held-out patients "
+                        f"({len(gate_items)} instances): lower [retrain] gate_count "
+                        f"(= {settings.gate_count}) or trim gate_attacks, or raise "
+                        f"holdout_fraction (= {settings.holdout_fraction:g}) or add patients"
+                    ],
+                }
                 continue
             results: dict[str, Any] = {}
             summary[modality] = results
@@ -359,7 +370,7 @@ class Retrainer:
             patches_per_slice=per_slice,
             calibration_patches=settings.calibration_patches,
             max_steps=settings.max_steps,
-            max_seconds=seconds * 0.7,  # leave time to calibrate and to run the gate
+            max_seconds=seconds * 0.7,  # training and calibration; the rest is for the gate
             device=settings.device,
             seed=run_id,
             progress=False,
@@ -477,7 +488,7 @@ class Gate:
     def measure(self, checkpoint: Path, step_hook: Callable[[], None]) -> GateMetrics:
         from detector.evaluation import roc_auc, score_rows
         from detector.loading import load_detector
-        from detector.training import calibration_patches
+        from detector.training import DEFAULT_PROPOSAL_FRACTION, calibration_patches
 
         step_hook()
         det = load_detector(checkpoint, device=self.settings.device)
@@ -492,7 +503,8 @@ class Gate:
         auc = roc_auc(labels, [s.score for s in scored])
         step_hook()
         patches = calibration_patches(
-            self.slices, det.prep, [], self.settings.gate_genuine_patches, self.seed + 7
+            self.slices, det.prep, [], self.settings.gate_genuine_patches, self.seed + 7,
+            proposal_fraction=DEFAULT_PROPOSAL_FRACTION,  # drawn as calibration drew them
         )
         raw, _ = det.score_patches(patches)
         p = det.p_values(raw)
