@@ -13,8 +13,10 @@ For each configured modality:
    GPU when there is one (``accelerate``), calibrate on held-out training patients, register
    the result as a candidate;
 4. measure candidate and production on the same gate (AUC over the attacks; false-alarm rate:
-   share of genuine patches with p <= ``gate_alpha``) and promote only if the candidate's
-   calibration holds and it is not worse than production by more than the margins; otherwise
+   share of genuine patches with p <= ``gate_alpha``; tail false alarms: genuine patches
+   with p <= ``gate_study_threshold``, the p at which one region decides a study, using the
+   tail p-values serving uses) and promote only if the candidate's calibration holds at both
+   thresholds and it is not worse than production by more than the margins; otherwise
    it stays in the registry as ``rejected`` with the reason.
 
 The run holds the registry's run lock (never two at once, across processes) and renews its
@@ -85,6 +87,7 @@ class GateMetrics:
     tampered: int
     genuine: int
     genuine_patches: int
+    tail_false_alarms: int = 0  # genuine patches with p <= gate_study_threshold
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -93,7 +96,16 @@ class GateMetrics:
             "tampered": self.tampered,
             "genuine": self.genuine,
             "genuine_patches": self.genuine_patches,
+            "tail_false_alarms": self.tail_false_alarms,
         }
+
+
+def tail_allowance(patches: int, threshold: float) -> int:
+    """Genuine patches allowed below the study threshold: the 99.9 % Poisson quantile of their
+    expected count, so a calibrated model fails this by chance once in a thousand runs."""
+    from scipy import stats
+
+    return int(stats.poisson.ppf(0.999, patches * threshold))
 
 
 def decide(
@@ -105,6 +117,13 @@ def decide(
         return False, (
             f"calibration does not hold: {candidate.false_alarm_rate:.3f} of held-out genuine "
             f"patches have p <= {settings.gate_alpha:g} (allowed {limit:.3f})"
+        )
+    allowed = tail_allowance(candidate.genuine_patches, settings.gate_study_threshold)
+    if candidate.tail_false_alarms > allowed:
+        return False, (
+            f"tail calibration does not hold at the study threshold: "
+            f"{candidate.tail_false_alarms} of {candidate.genuine_patches} held-out genuine "
+            f"patches have p <= {settings.gate_study_threshold:.2g} (allowed {allowed})"
         )
     if not candidate.auc >= settings.min_auc:  # NaN fails too
         return False, f"AUC {candidate.auc:.3f} is below min_auc {settings.min_auc:g}"
@@ -509,4 +528,7 @@ class Gate:
         raw, _ = det.score_patches(patches)
         p = det.p_values(raw)
         far = float(np.mean(np.asarray(p) <= self.settings.gate_alpha))
-        return GateMetrics(float(auc), far, sum(labels), len(labels) - sum(labels), len(patches))
+        tail = int(np.sum(np.asarray(p) <= self.settings.gate_study_threshold))
+        return GateMetrics(
+            float(auc), far, sum(labels), len(labels) - sum(labels), len(patches), tail
+        )

@@ -105,6 +105,13 @@ class RetrainSettings(BaseModel):
     gate_alpha: float = Field(
         0.05, gt=0, lt=1, description="p-value threshold the false-alarm rate is measured at."
     )
+    gate_study_threshold: float = Field(
+        0.01 / 300,
+        gt=0,
+        lt=1,
+        description="p at which one region alone makes a study tampered (false_alarm_rate / "
+        "regions per study): genuine gate patches below it are tail false alarms.",
+    )
     max_auc_drop: float = Field(0.02, description="Candidate AUC may be this much lower.")
     max_false_alarm_increase: float = Field(
         0.02, description="Candidate false-alarm rate may be this much higher."
