@@ -169,7 +169,10 @@ def main() -> int:
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(3), "big")
     work = args.out
     work.mkdir(parents=True, exist_ok=False)
-    print(f"seed {seed} (test studies {seed}, training {seed + 1}, false-alarm set {seed + 3})")
+    print(
+        f"seed {seed}: phantom seeds {seed * 10} (CT test), {seed * 10 + 5} (MR test), "
+        f"{seed * 10 + 1} (training), {seed * 10 + 3}/{seed * 10 + 4} (false-alarm set)"
+    )
     models, train_times = train_models(args, work, seed * 10 + 1)
     genuine = work / "genuine"
     phantoms("CT", args.ct, args.slices, args.size, genuine, seed * 10)
