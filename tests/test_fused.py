@@ -170,6 +170,8 @@ def test_fused_row_separates_each_family_on_a_small_lab(tmp_path: Path) -> None:
     """
     import json
 
+    from detector.evaluation import serving_set
+
     lab, tampered = tmp_path / "lab", tmp_path / "tampered"
     cli(
         "phantoms",
@@ -210,7 +212,7 @@ def test_fused_row_separates_each_family_on_a_small_lab(tmp_path: Path) -> None:
             "--data",
             str(out),
             "--detector",
-            "all",
+            ",".join(sorted(serving_set())),
             "--holdout-family",
             family,
             "--out",
