@@ -19,6 +19,7 @@ from pathlib import Path
 from detector.settings import DetectorSettings
 from detector.study_scoring import ModelSet, StudyScorer
 from storage.db import Database
+from storage.polling import poll
 from storage.registry import production_versions
 
 log = logging.getLogger(__name__)
@@ -86,8 +87,4 @@ class ProductionModels:
         return True
 
     def run(self, stop: threading.Event) -> None:
-        while not stop.wait(self.interval_s):
-            try:
-                self.refresh()
-            except Exception:
-                log.exception("model reload check failed; will retry")
+        poll(self.refresh, stop, self.interval_s, log, "model reload", wait_first=True)

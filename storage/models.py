@@ -6,6 +6,7 @@ Times are stored as naive UTC and handed back timezone-aware.
 
 from __future__ import annotations
 
+import enum
 from datetime import UTC, datetime
 from typing import Any
 
@@ -51,22 +52,65 @@ class Base(DeclarativeBase):
     pass
 
 
-# Study states, in the order a study normally passes through them.
-RECEIVING, QUEUED, SCORING, DONE, FAILED = "receiving", "queued", "scoring", "done", "failed"
-STUDY_STATES = (RECEIVING, QUEUED, SCORING, DONE, FAILED)
+class StudyState(enum.StrEnum):
+    """A study's place in the pipeline, in the order it normally passes through them."""
 
-# Job states. SUPERSEDED: a newer version of the study arrived before the job ran.
-JOB_QUEUED, JOB_RUNNING, JOB_DONE, JOB_FAILED, JOB_SUPERSEDED = (
-    "queued",
-    "running",
-    "done",
-    "failed",
-    "superseded",
-)
+    RECEIVING = "receiving"
+    QUEUED = "queued"
+    SCORING = "scoring"
+    DONE = "done"
+    FAILED = "failed"
 
-# Verdict outcomes.
-TAMPERED, SUSPICIOUS, CLEAN, NOT_SCORED = "tampered", "suspicious", "clean", "not_scored"
-VERDICT_OUTCOMES = (TAMPERED, SUSPICIOUS, CLEAN, NOT_SCORED)
+
+class JobState(enum.StrEnum):
+    """A scoring job. SUPERSEDED: a newer version of the study arrived before the job ran."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    SUPERSEDED = "superseded"
+
+
+class VerdictOutcome(enum.StrEnum):
+    TAMPERED = "tampered"
+    SUSPICIOUS = "suspicious"
+    CLEAN = "clean"
+    NOT_SCORED = "not_scored"
+
+
+class DeliveryState(enum.StrEnum):
+    """A report on its way to one destination: pending (maybe backing off), delivered, failed."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+class EnumText(TypeDecorator[str]):
+    """A str-valued enum stored as its plain value: unknown values are refused on write and
+    rows come back as enum members. The column stays VARCHAR, so stored values never change."""
+
+    impl = String
+    cache_ok = True
+
+    def __init__(self, enum_class: type[enum.StrEnum], length: int = 16) -> None:
+        super().__init__(length)
+        self.enum_class = enum_class
+
+    def process_bind_param(self, value: Any, dialect: Any) -> str | None:
+        return None if value is None else self.enum_class(value).value
+
+    def process_result_value(self, value: str | None, dialect: Any) -> enum.StrEnum | None:
+        return None if value is None else self.enum_class(value)
+
+
+# Short names the rest of the code (and older imports) use for the members above.
+RECEIVING, QUEUED, SCORING, DONE, FAILED = StudyState
+STUDY_STATES = tuple(StudyState)
+JOB_QUEUED, JOB_RUNNING, JOB_DONE, JOB_FAILED, JOB_SUPERSEDED = JobState
+TAMPERED, SUSPICIOUS, CLEAN, NOT_SCORED = VerdictOutcome
+VERDICT_OUTCOMES = tuple(VerdictOutcome)
 
 
 class Study(Base):
@@ -79,7 +123,9 @@ class Study(Base):
     study_date: Mapped[str | None] = mapped_column(String(8))
     accession_number: Mapped[str | None] = mapped_column(String(16))
     description: Mapped[str | None] = mapped_column(String(64))
-    state: Mapped[str] = mapped_column(String(16), default=RECEIVING, index=True)
+    state: Mapped[StudyState] = mapped_column(
+        EnumText(StudyState), default=StudyState.RECEIVING, index=True
+    )
     # Bumped when an instance arrives after the study was queued: each version is scored once.
     version: Mapped[int] = mapped_column(Integer, default=1)
     first_received_at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -161,7 +207,7 @@ class Job(Base):
     kind: Mapped[str] = mapped_column(String(16))
     study_id: Mapped[int] = mapped_column(ForeignKey("study.id"), index=True)
     study_version: Mapped[int] = mapped_column(Integer)
-    state: Mapped[str] = mapped_column(String(16), default=JOB_QUEUED)
+    state: Mapped[JobState] = mapped_column(EnumText(JobState), default=JobState.QUEUED)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -180,7 +226,7 @@ class Verdict(Base):
     study_id: Mapped[int] = mapped_column(ForeignKey("study.id"), index=True)
     study_version: Mapped[int] = mapped_column(Integer)
     job_id: Mapped[int | None] = mapped_column(ForeignKey("job.id"))
-    outcome: Mapped[str] = mapped_column(String(16))
+    outcome: Mapped[VerdictOutcome] = mapped_column(EnumText(VerdictOutcome))
     reason: Mapped[str | None] = mapped_column(Text)
     score: Mapped[float | None] = mapped_column(Float)
     is_current: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
@@ -220,8 +266,7 @@ class Region(Base):
     verdict: Mapped[Verdict] = relationship(back_populates="regions")
 
 
-# Delivery states of a report to one destination.
-DELIVERY_PENDING, DELIVERY_DONE, DELIVERY_FAILED = "pending", "delivered", "failed"
+DELIVERY_PENDING, DELIVERY_DONE, DELIVERY_FAILED = DeliveryState
 
 
 class Delivery(Base):
@@ -236,7 +281,9 @@ class Delivery(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     verdict_id: Mapped[int] = mapped_column(ForeignKey("verdict.id"), index=True)
     destination: Mapped[str] = mapped_column(String(64))
-    state: Mapped[str] = mapped_column(String(16), default=DELIVERY_PENDING)
+    state: Mapped[DeliveryState] = mapped_column(
+        EnumText(DeliveryState), default=DeliveryState.PENDING
+    )
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)
     last_error: Mapped[str | None] = mapped_column(Text)

@@ -21,7 +21,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from storage.audit import audit
-from storage.jobs import _pid_alive
+from storage.leases import owner_dead_here
 from storage.models import (
     MODEL_CANDIDATE,
     MODEL_PRODUCTION,
@@ -175,11 +175,9 @@ def fail_dead_runs(session: Session, now: datetime) -> list[int]:
     Called before every run and at every serve start, so a run killed midway (SIGKILL, power
     cut) never leaves the lock held nor a half-judged candidate looking like a live one.
     """
-    host = socket.gethostname()
     failed = []
     for run in session.scalars(select(TrainingRun).where(TrainingRun.state == RUN_RUNNING)):
-        owner_host, _, pid_text = (run.owner or "").partition(":")
-        dead_here = owner_host == host and pid_text.isdigit() and not _pid_alive(int(pid_text))
+        dead_here = owner_dead_here(run.owner)
         lapsed = run.lease_expires_at is not None and run.lease_expires_at < now
         if not (dead_here or lapsed):
             continue
