@@ -159,8 +159,17 @@ def claim_job(session: Session, owner: str, lease_s: float, now: datetime) -> Cl
     use too, so they cannot deadlock); a study being written to right now is passed over, as
     its queued job is about to be superseded anyway.
     """
-    query = select(Job.id, Job.study_id).where(_claimable(now)).order_by(Job.id).limit(5)
-    for job_id, study_id in session.execute(skip_locked(session, query)).all():
+    passed_over: list[int] = []
+    for _ in range(5):
+        # One row at a time: locking several would keep them from other workers.
+        query = select(Job.id, Job.study_id).where(_claimable(now)).order_by(Job.id).limit(1)
+        if passed_over:
+            query = query.where(Job.id.not_in(passed_over))
+        row = session.execute(skip_locked(session, query)).first()
+        if row is None:
+            return None
+        job_id, study_id = row
+        passed_over.append(job_id)
         study = session.scalars(
             skip_locked(session, select(Study).where(Study.id == study_id))
         ).one_or_none()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,10 +28,12 @@ from tests.retrain_helpers import Clock
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Database:
-    database = Database(f"sqlite:///{tmp_path / 'index.db'}")
+def db(database_url: str) -> Iterator[Database]:
+    """Once on SQLite, once on PostgreSQL (``database_url`` in conftest.py)."""
+    database = Database(database_url)
     database.migrate()
-    return database
+    yield database
+    database.dispose()
 
 
 def _version(db: Database, clock: Clock, name: str) -> int:
