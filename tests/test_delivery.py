@@ -277,9 +277,7 @@ def test_cli_lists_and_resends_failed_deliveries(
     )
     dispatcher.run_once()
     assert only_delivery(db).state == "failed"
-    config = write_config(
-        tmp_path / "config.toml", 0, data_dir, storage={"database_url": db.url}
-    )
+    config = write_config(tmp_path / "config.toml", 0, data_dir, storage={"database_url": db.url})
     assert main(["deliveries", "--config", str(config), "--state", "failed"]) == 0
     assert "failed" in capsys.readouterr().out
     assert main(["deliveries", "--config", str(config), "--resend-failed"]) == 0

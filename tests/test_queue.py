@@ -93,8 +93,13 @@ def test_worker_drops_its_result_when_its_lease_was_taken_over(
     settings = WorkerSettings(lease_s=60, poll_interval_s=0.1)
     scorer = _TakenOverWhileScoring(db, tmp_path / "data", DetectorSettings())
     scorer.clock = clock
-    taker = ScoringWorker(db, StudyScorer(db, tmp_path / "data", DetectorSettings()), settings,
-                          name="taker", clock=clock)
+    taker = ScoringWorker(
+        db,
+        StudyScorer(db, tmp_path / "data", DetectorSettings()),
+        settings,
+        name="taker",
+        clock=clock,
+    )
     scorer.other = taker
     stalled = ScoringWorker(db, scorer, settings, name="stalled", clock=clock)
     assert stalled.run_once()
