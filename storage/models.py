@@ -262,6 +262,14 @@ class Region(Base):
     p_value: Mapped[float | None] = mapped_column(Float)  # fused over detectors
     flagged: Mapped[bool] = mapped_column(Boolean, default=False)
     heatmap_path: Mapped[str | None] = mapped_column(String(512))  # relative to data_dir
+    # Where the slice sits in its series (0 = first along the slice normal), its position
+    # along that normal and its Instance Number: what a reader needs to find the slice.
+    slice_index: Mapped[int | None] = mapped_column(Integer)
+    z_mm: Mapped[float | None] = mapped_column(Float)
+    instance_number: Mapped[int | None] = mapped_column(Integer)
+    # Flagged regions of one 3-D lesion share a finding number (1, 2, ... per verdict);
+    # see storage/findings.py. None for regions that were not flagged.
+    finding: Mapped[int | None] = mapped_column(Integer)
 
     verdict: Mapped[Verdict] = relationship(back_populates="regions")
 

@@ -31,6 +31,10 @@ class RegionRecord:
     p_value: float | None = None
     flagged: bool = False
     heatmap_path: str | None = None
+    slice_index: int | None = None
+    z_mm: float | None = None
+    instance_number: int | None = None
+    finding: int | None = None
 
 
 def record_verdict(
