@@ -1,12 +1,15 @@
 """Admin report speed with many studies: median latency of the studies list and a detail page.
 
-Fills a temporary SQLite database with N studies (default 100,000; two series, 3 instances,
+Fills a temporary SQLite database (or, with ``--postgres``, a throwaway PostgreSQL cluster
+started from Debian's server binaries as tests/pg_helpers.py does; or ``--database-url``, an
+empty database of your own) with N studies (default 100,000; two series, 3 instances,
 one current verdict each, every 50th flagged with regions) using bulk inserts, then serves
 the pages through the real app (session cookie, login, templates) with FastAPI's TestClient.
 Baseline, measured in the same run: the same page of the list fetched directly through
 SQLAlchemy (``storage.admin_queries.list_studies_page``) without HTTP or rendering.
 
     .venv/bin/python benchmarks/admin_pages.py [--studies 100000] [--repeat 50]
+        [--postgres | --database-url postgresql+psycopg://user:pw@host/empty_db]
 """
 
 from __future__ import annotations
@@ -145,12 +148,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--studies", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=50)
+    backend = parser.add_mutually_exclusive_group()
+    backend.add_argument("--postgres", action="store_true", help="a throwaway PostgreSQL cluster")
+    backend.add_argument("--database-url", help="an empty database to fill (it is not dropped)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="tamperscan-bench-"))
-    db = Database(f"sqlite:///{tmp / 'bench.db'}")
+    server = None
+    url = args.database_url or f"sqlite:///{tmp / 'bench.db'}"
+    if args.postgres:
+        from tests.pg_helpers import PostgresServer
+
+        server = PostgresServer()
+        server.start()
+        url = server.new_database(migrated=False)
+    db = Database(url)
     db.migrate()
+    print(f"database: {db.engine.dialect.name}")
     t = time.perf_counter()
     fill(db, args.studies)
+    if db.engine.dialect.name == "postgresql":
+        with db.engine.begin() as conn:
+            conn.exec_driver_sql("ANALYZE")  # what autovacuum does soon after a bulk load
     print(f"inserted {args.studies} studies in {time.perf_counter() - t:.1f} s")
     with db.session() as session:
         add_user(session, "bench", hash_password("bench-password"), "viewer", utcnow(), "bench")
@@ -194,6 +212,8 @@ def main() -> None:
     for name, ms in results.items():
         print(f"{name:<58} median {ms:7.1f} ms   {ms / baseline:5.1f}x baseline")
     db.dispose()
+    if server is not None:
+        server.stop()
 
 
 if __name__ == "__main__":
