@@ -372,6 +372,16 @@ Index("ix_series_modality", Series.modality)
 Index("ix_study_patient_id", Study.patient_id)
 Index("ix_verdict_outcome", Verdict.outcome)
 
+# PostgreSQL only (migration 0006, when the pg_trgm extension can be created): trigram indexes
+# for the studies list's patient search (ID prefix LIKE, name ILIKE '%...%'). Not in the
+# metadata, since SQLite has no equivalent; schema comparisons skip them (``include_object``).
+POSTGRESQL_ONLY_INDEXES = ("ix_study_patient_id_trgm", "ix_study_patient_name_trgm")
+
+
+def include_object(obj: Any, name: str | None, type_: str, reflected: bool, compare: Any) -> bool:
+    """Alembic's filter: leave the PostgreSQL-only indexes out of model/schema comparisons."""
+    return not (type_ == "index" and name in POSTGRESQL_ONLY_INDEXES)
+
 
 # --- scheduled retraining: the model registry and training runs (migration 0004) ----------
 
