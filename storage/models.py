@@ -371,6 +371,16 @@ Index("ix_instance_calling_ae", Instance.calling_ae)
 Index("ix_series_modality", Series.modality)
 Index("ix_study_patient_id", Study.patient_id)
 Index("ix_verdict_outcome", Verdict.outcome)
+# Filtered lists and their counts as index-only lookups (migration 0006): current verdicts by
+# outcome, and series by modality with their study.
+Index(
+    "ix_verdict_current_outcome",
+    Verdict.outcome,
+    Verdict.study_id,
+    postgresql_where=Verdict.is_current,
+    sqlite_where=Verdict.is_current,
+)
+Index("ix_series_modality_study", Series.modality, Series.study_id)
 
 # PostgreSQL only (migration 0006, when the pg_trgm extension can be created): trigram indexes
 # for the studies list's patient search (ID prefix LIKE, name ILIKE '%...%'). Not in the
