@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fastapi.testclient import TestClient  # noqa: E402
-from sqlalchemy import insert  # noqa: E402
+from sqlalchemy import event, insert  # noqa: E402
 
 from admin.auth import hash_password  # noqa: E402
 from admin.http import create_app  # noqa: E402
@@ -134,14 +134,32 @@ def fill(db: Database, n: int) -> None:
             )
 
 
-def median_ms(fn, repeat: int) -> float:  # noqa: ANN001
+class SqlTimer:
+    """Milliseconds spent inside the database driver (statement execution), summed."""
+
+    def __init__(self, db: Database) -> None:
+        self.ms = 0.0
+        event.listen(db.engine, "before_cursor_execute", self._before)
+        event.listen(db.engine, "after_cursor_execute", self._after)
+
+    def _before(self, conn, cursor, statement, params, context, many) -> None:  # noqa: ANN001
+        context._bench_t = time.perf_counter()
+
+    def _after(self, conn, cursor, statement, params, context, many) -> None:  # noqa: ANN001
+        self.ms += (time.perf_counter() - context._bench_t) * 1000
+
+
+def median_ms(fn, repeat: int, sql: SqlTimer) -> tuple[float, float]:  # noqa: ANN001
+    """Median wall time of ``fn`` and the median time its SQL statements took."""
     fn()  # warm-up
-    times = []
+    times, sql_times = [], []
     for _ in range(repeat):
+        sql.ms = 0.0
         t = time.perf_counter()
         fn()
         times.append((time.perf_counter() - t) * 1000)
-    return statistics.median(times)
+        sql_times.append(sql.ms)
+    return statistics.median(times), statistics.median(sql_times)
 
 
 def main() -> None:
@@ -194,23 +212,22 @@ def main() -> None:
         return get
 
     flagged = (args.studies // 50) * 50 or 1
-    results = {
-        "baseline: list query via SQLAlchemy, no HTTP/rendering": median_ms(direct, args.repeat),
-        "GET /studies (page 1, 50 rows)": median_ms(page("/studies"), args.repeat),
-        "GET /studies?verdict=tampered&modality=CT": median_ms(
-            page("/studies?verdict=tampered&modality=CT"), args.repeat
-        ),
-        "GET /studies?patient=P0012&page=3": median_ms(
-            page("/studies?patient=P0012&page=3"), args.repeat
-        ),
-        "GET /api/studies": median_ms(page("/api/studies"), args.repeat),
-        f"GET /studies/{flagged} (flagged, 20 regions)": median_ms(
-            page(f"/studies/{flagged}"), args.repeat
-        ),
+    sql = SqlTimer(db)
+    pages = {
+        "baseline: list query via SQLAlchemy, no HTTP/rendering": direct,
+        "GET /studies (page 1, 50 rows)": page("/studies"),
+        "GET /studies?verdict=tampered&modality=CT": page("/studies?verdict=tampered&modality=CT"),
+        "GET /studies?patient=P0012&page=3": page("/studies?patient=P0012&page=3"),
+        "GET /api/studies": page("/api/studies"),
+        f"GET /studies/{flagged} (flagged, 20 regions)": page(f"/studies/{flagged}"),
     }
-    baseline = next(iter(results.values()))
-    for name, ms in results.items():
-        print(f"{name:<58} median {ms:7.1f} ms   {ms / baseline:5.1f}x baseline")
+    results = {name: median_ms(fn, args.repeat, sql) for name, fn in pages.items()}
+    baseline = next(iter(results.values()))[0]
+    for name, (ms, sql_ms) in results.items():
+        print(
+            f"{name:<58} median {ms:7.1f} ms (SQL {sql_ms:6.1f} ms)   "
+            f"{ms / baseline:5.1f}x baseline"
+        )
     db.dispose()
     if server is not None:
         server.stop()
