@@ -31,6 +31,7 @@ __all__ = [
     "ClaimedJob",
     "LeaseLost",
     "RegionRecord",
+    "StudyNotSettled",
     "claim_job",
     "enqueue_stable_studies",
     "fail_job",

@@ -6,7 +6,6 @@ Times are stored as naive UTC and handed back timezone-aware.
 
 from __future__ import annotations
 
-import enum
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,6 +24,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
+
+from storage.states import DeliveryState, EnumText, JobState, StudyState, VerdictOutcome
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -52,60 +53,8 @@ class Base(DeclarativeBase):
     pass
 
 
-class StudyState(enum.StrEnum):
-    """A study's place in the pipeline, in the order it normally passes through them."""
-
-    RECEIVING = "receiving"
-    QUEUED = "queued"
-    SCORING = "scoring"
-    DONE = "done"
-    FAILED = "failed"
-
-
-class JobState(enum.StrEnum):
-    """A scoring job. SUPERSEDED: a newer version of the study arrived before the job ran."""
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
-    SUPERSEDED = "superseded"
-
-
-class VerdictOutcome(enum.StrEnum):
-    TAMPERED = "tampered"
-    SUSPICIOUS = "suspicious"
-    CLEAN = "clean"
-    NOT_SCORED = "not_scored"
-
-
-class DeliveryState(enum.StrEnum):
-    """A report on its way to one destination: pending (maybe backing off), delivered, failed."""
-
-    PENDING = "pending"
-    DELIVERED = "delivered"
-    FAILED = "failed"
-
-
-class EnumText(TypeDecorator[str]):
-    """A str-valued enum stored as its plain value: unknown values are refused on write and
-    rows come back as enum members. The column stays VARCHAR, so stored values never change."""
-
-    impl = String
-    cache_ok = True
-
-    def __init__(self, enum_class: type[enum.StrEnum], length: int = 16) -> None:
-        super().__init__(length)
-        self.enum_class = enum_class
-
-    def process_bind_param(self, value: Any, dialect: Any) -> str | None:
-        return None if value is None else self.enum_class(value).value
-
-    def process_result_value(self, value: str | None, dialect: Any) -> enum.StrEnum | None:
-        return None if value is None else self.enum_class(value)
-
-
-# Short names the rest of the code (and older imports) use for the members above.
+# The state enums live in storage/states.py; these short names are what the rest of the code
+# (and older imports) use for their members.
 RECEIVING, QUEUED, SCORING, DONE, FAILED = StudyState
 STUDY_STATES = tuple(StudyState)
 JOB_QUEUED, JOB_RUNNING, JOB_DONE, JOB_FAILED, JOB_SUPERSEDED = JobState
