@@ -76,7 +76,9 @@ def test_orthanc_forwards_to_tamperscan_and_accepts_its_reports() -> None:
     assert serve.scp.ae_title == "TAMPERSCAN"
     assert config["DicomAet"] in serve.scp.allowed_calling_aets
     subnet = yaml.safe_load(COMPOSE.read_text())["networks"]["tamperscan"]["ipam"]["config"]
-    assert [str(n) for n in serve.scp.allowed_hosts] == [subnet[0]["subnet"]]
+    # The compose network, plus loopback for the image's HEALTHCHECK (`tamperscan echo`).
+    assert [str(n) for n in serve.scp.allowed_hosts] == [subnet[0]["subnet"], "127.0.0.1/32"]
+    assert "HEALTHCHECK" in serve.scp.allowed_calling_aets
     # Reports go back to Orthanc's DICOM port, which it stores from any AE.
     [pacs] = serve.delivery.dicom
     assert pacs.port == config["DicomPort"] and config["DicomAlwaysAllowStore"] is True
