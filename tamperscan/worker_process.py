@@ -22,17 +22,18 @@ log = logging.getLogger(__name__)
 
 class WorkerProcess:
     def __init__(self, settings: Settings) -> None:
+        # Checked before the database is opened: a default SQLite URL would create the folder.
+        if not settings.storage.data_dir.is_dir():
+            raise OSError(
+                f"data folder {settings.storage.data_dir} does not exist: mount the folder "
+                "serve writes to (the same [storage] data_dir) on this host"
+            )
         self.settings = settings
         self.db = Database(settings.storage.resolved_database_url())
         self.stages = Stages()
 
     def start(self) -> None:
         settings = self.settings
-        if not settings.storage.data_dir.is_dir():
-            raise OSError(
-                f"data folder {settings.storage.data_dir} does not exist: mount the folder "
-                "serve writes to (the same [storage] data_dir) on this host"
-            )
         self.db.migrate()
         with self.db.session() as session:
             requeued = release_dead_leases(session, utcnow())

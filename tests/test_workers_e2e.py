@@ -180,3 +180,17 @@ def test_three_workers_one_killed_mid_job_every_study_once(
                 worker.kill()
         pacs.stop()
         db.dispose()
+
+
+def test_worker_refuses_to_start_without_the_shared_data_folder(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "worker.toml", 0, tmp_path / "not-mounted")
+    result = subprocess.run(
+        [sys.executable, "-m", "tamperscan.cli", "worker", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env={k: v for k, v in os.environ.items() if k != "TAMPERSCAN_CONFIG"},
+    )
+    assert result.returncode == 1
+    assert "not-mounted does not exist: mount the folder serve writes to" in result.stderr
