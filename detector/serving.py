@@ -16,8 +16,9 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from detector.model_set import ModelSet
 from detector.settings import DetectorSettings
-from detector.study_scoring import ModelSet, StudyScorer
+from detector.study_scoring import StudyScorer
 from storage.db import Database
 from storage.polling import poll
 from storage.registry import production_versions
@@ -61,7 +62,9 @@ class ProductionModels:
         """The initial set (serve start): errors propagate, like a bad configured model."""
         with self._lock:
             key, paths, ids = self._plan()
-            models = ModelSet.load(paths, self.settings.device, self.settings.batch_size, ids)
+            models = ModelSet.load(
+                paths, self.settings.device, self.settings.batch_size, ids, self.settings.checks
+            )
             self._key = key
             return models
 
@@ -74,7 +77,9 @@ class ProductionModels:
             if key == self._key:
                 return False
             try:
-                models = ModelSet.load(paths, self.settings.device, self.settings.batch_size, ids)
+                models = ModelSet.load(
+                    paths, self.settings.device, self.settings.batch_size, ids, self.settings.checks
+                )
             except Exception:
                 log.exception("new production models failed to load; keeping the current ones")
                 self._key = key  # do not retry a broken file every interval

@@ -49,6 +49,16 @@ class DetectorSettings(BaseModel):
         5000, ge=1, description="Cap on checked regions; later slices are not checked."
     )
     batch_size: int = Field(0, ge=0, description="Patches per device batch; 0 picks by device.")
+    checks: list[str] = Field(
+        default_factory=lambda: ["noise-consistency", "copy-move"],
+        description="Forensic checks (no training) run on every series, learned models or not.",
+    )
+    hotspots_per_slice: int = Field(
+        4, ge=0, description="Extra regions per slice at the first check's strongest anomalies."
+    )
+    references_per_series: int = Field(
+        600, ge=40, le=100000, description="Reference locations each check's null is fitted on."
+    )
     heatmaps: str = Field(
         "flagged", pattern="^(flagged|none)$", description="Save flagged regions' heatmap PNGs."
     )
@@ -57,6 +67,11 @@ class DetectorSettings(BaseModel):
     def _rates(self) -> DetectorSettings:
         if self.suspicious_rate < self.false_alarm_rate:
             raise ValueError("suspicious_rate must be >= false_alarm_rate")
+        from detector import registry
+
+        unknown = [c for c in self.checks if c not in registry.names()]
+        if unknown:
+            raise ValueError(f"unknown check(s) {unknown}; available: {registry.names()}")
         return self
 
 

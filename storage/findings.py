@@ -5,8 +5,8 @@ once per slice. Readers (the SR, the admin page) want one finding with its slice
 cards. Grouping is pure: no database session here; callers pass region-like objects.
 
 Rule: two flagged regions of the same series join when their slices are at most ``max_gap``
-slices apart (the same slice included: overlapping proposals) and their centres lie within the larger of their radii (or ``min_join_px``) in the
-slice plane; a group stops growing along the slice normal at ``max_extent_mm``, so two lesions
+slices apart (the same slice included: overlapping proposals) and their centres lie within
+the larger of their radii (or ``min_join_px``) in the slice plane; a group stops growing along the slice normal at ``max_extent_mm``, so two lesions
 stacked far apart stay two findings.
 """
 

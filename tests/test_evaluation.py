@@ -12,8 +12,9 @@ import pytest
 from PIL import Image
 
 from detector import registry
-from detector.baselines import CopyMoveDetector, NoiseResidualDetector
+from detector.baselines import NoiseResidualDetector
 from detector.evaluation import bootstrap_auc_ci, evaluate, metrics, roc_auc, tpr_at_fpr
+from detector.forensics.copymove import CopyMoveDetector
 from detector.interface import Detector, Location, RegionScore, SliceImage
 from tamperscan.cli import main
 
@@ -127,7 +128,8 @@ def test_cli_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     printed = capsys.readouterr().out
     assert "AUC" in printed and "copy-move" in printed
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["detectors"]) == {"noise-residual", "copy-move"}
+    forensic = {"noise-residual", "copy-move", "noise-consistency", "slice-consistency"}
+    assert set(summary["detectors"]) == forensic | {"fused"}  # learned ones need --model
     ct = summary["detectors"]["copy-move"]["CT"]
     assert ct["copy-move"]["auc"] == 1.0  # an exact copy is always found
     for m in ct.values():
@@ -136,7 +138,7 @@ def test_cli_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     with open(out / "scores.csv") as fh:
         rows = list(csv.DictReader(fh))
     n_manifest = len((tampered / "manifest_btd.csv").read_text().splitlines()) - 1
-    assert len(rows) == 2 * n_manifest
+    assert len(rows) == 5 * n_manifest
     assert (out / "roc_noise-residual_CT.png").is_file()
     # The CHAIMELEON test.csv gives the same evaluation.
     assert main(["evaluate", "--data", str(tampered), "--manifest", str(tampered / "test.csv"),
