@@ -13,9 +13,10 @@ import logging
 
 from admin.http import HttpServer, create_app
 from admin.report import AdminReport
+from detector.model_set import ModelSet
 from detector.retrain import Retrainer
 from detector.serving import ProductionModels
-from detector.study_scoring import ModelSet, StudyScorer
+from detector.study_scoring import StudyScorer
 from scp.dicomweb import StowService
 from scp.server import StorageSCP
 from storage.admin_queries import ActionError

@@ -14,8 +14,9 @@ import threading
 from collections.abc import Callable
 from types import FrameType
 
+from detector.model_set import ModelSet
 from detector.serving import ProductionModels
-from detector.study_scoring import ModelSet, StudyScorer
+from detector.study_scoring import StudyScorer
 from detector.worker import ScoringWorker
 from storage.db import Database
 from tamperscan.config import Settings
