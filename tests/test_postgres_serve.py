@@ -1,5 +1,6 @@
 """``tamperscan serve`` on PostgreSQL: concurrent associations into one new study, then
-assembly, scoring (forensic checks only, no learned model) and the verdict, all through the real service."""
+assembly, scoring (forensic checks only, no learned model) and the verdict, all through the
+real service."""
 
 from __future__ import annotations
 

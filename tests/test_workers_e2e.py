@@ -60,6 +60,7 @@ def _store_studies(db: Database, data_dir: Path, phantoms: Path) -> None:
 
 def _worker(config: Path, log: Path) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if k != "TAMPERSCAN_CONFIG"}
+    env["OMP_NUM_THREADS"] = "1"  # three workers on two cores: no thread oversubscription
     return subprocess.Popen(
         [sys.executable, "-m", "tamperscan.cli", "worker", "--config", str(config)],
         stdout=log.open("ab"),
@@ -105,7 +106,8 @@ def test_three_workers_one_killed_mid_job_every_study_once(
         data_dir,
         storage={"database_url": url},
         worker={"lease_s": 6.0, "poll_interval_s": 0.2, "delivery_lease_s": 6.0},
-        detector={"models": [str(model)], "device": "cpu", "window_stride_px": 32},
+        # The tiny learned model only: about a second a study, so the kill lands mid-job.
+        detector={"models": [str(model)], "device": "cpu", "window_stride_px": 32, "checks": []},
         delivery={"poll_interval_s": 0.2, "backoff_initial_s": 0.5, "backoff_max_s": 1.0},
         logging={"format": "json"},
     )
