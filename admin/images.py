@@ -1,6 +1,6 @@
 """Slice PNGs for the report, rendered on the server from the stored DICOM files.
 
-Files are found through the index (``storage.admin_queries``), never from a UID in a URL.
+Files are found through the index (``storage.admin_images``), never from a UID in a URL.
 CT is shown through the dataset's own window when it has one, else a window wide enough for
 lungs and soft tissue; MR through its 0.5-99.5 percentile range. A region overlay draws the
 detector's heatmap (its patch is centred on the region, in slice pixels) as a transparent
@@ -39,8 +39,8 @@ def _window(ds: pydicom.Dataset, modality: str) -> tuple[float, float] | None:
     return DEFAULT_CT_WINDOW
 
 
-def slice_grey(path: Path, modality: str) -> np.ndarray:
-    """The slice as 8-bit grey, windowed for viewing."""
+def slice_grey(path: Path, modality: str, window: tuple[float, float] | None = None) -> np.ndarray:
+    """The slice as 8-bit grey, through ``window`` (centre, width) or its own window."""
     try:
         ds = pydicom.dcmread(path)
         stored = ds.pixel_array
@@ -51,7 +51,7 @@ def slice_grey(path: Path, modality: str) -> np.ndarray:
     if stored.ndim != 2:
         raise ImageError(f"{path.name}: not a greyscale slice (shape {stored.shape})")
     values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float32)
-    window = _window(ds, modality)
+    window = window or _window(ds, modality)
     if window is not None:
         low, high = window[0] - window[1] / 2, window[0] + window[1] / 2
     else:
@@ -69,8 +69,13 @@ def png(image: Image.Image) -> bytes:
     return out.getvalue()
 
 
-def slice_png(path: Path, modality: str, max_size: int | None = None) -> bytes:
-    image = Image.fromarray(slice_grey(path, modality))
+def slice_png(
+    path: Path,
+    modality: str,
+    max_size: int | None = None,
+    window: tuple[float, float] | None = None,
+) -> bytes:
+    image = Image.fromarray(slice_grey(path, modality, window))
     if max_size and max(image.size) > max_size:
         image.thumbnail((max_size, max_size))
     return png(image)

@@ -32,3 +32,13 @@ class AdminSettings(BaseModel):
     metrics_token: str = Field(
         "", description="Bearer token that lets Prometheus read /metrics without logging in."
     )
+    delivery_overdue_s: float = Field(
+        300.0,
+        gt=0,
+        description="A report delivery still pending after this long is a dashboard warning.",
+    )
+    job_stuck_s: float = Field(
+        900.0,
+        gt=0,
+        description="A scoring job queued or running longer than this counts as stuck.",
+    )

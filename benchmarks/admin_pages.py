@@ -6,7 +6,7 @@ empty database of your own) with N studies (default 100,000; two series, 3 insta
 one current verdict each, every 50th flagged with regions) using bulk inserts, then serves
 the pages through the real app (session cookie, login, templates) with FastAPI's TestClient.
 Baseline, measured in the same run: the same page of the list fetched directly through
-SQLAlchemy (``storage.admin_queries.list_studies_page``) without HTTP or rendering.
+SQLAlchemy (``storage.admin_views.list_studies_page``) without HTTP or rendering.
 
     .venv/bin/python benchmarks/admin_pages.py [--studies 100000] [--repeat 50]
         [--postgres | --database-url postgresql+psycopg://user:pw@host/empty_db]
@@ -31,7 +31,7 @@ from admin.auth import hash_password  # noqa: E402
 from admin.http import create_app  # noqa: E402
 from admin.report import AdminReport  # noqa: E402
 from admin.settings import AdminSettings  # noqa: E402
-from storage import admin_queries as q  # noqa: E402
+from storage import admin_views as q  # noqa: E402
 from storage.db import Database  # noqa: E402
 from storage.models import Instance, Region, Series, Study, Verdict, utcnow  # noqa: E402
 from storage.users import add_user  # noqa: E402

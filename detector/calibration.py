@@ -111,3 +111,23 @@ class Calibration:
     @classmethod
     def from_dict(cls, data: dict) -> Calibration:
         return cls.from_scores(data["genuine_scores"])
+
+
+@dataclass(frozen=True)
+class AnalyticNull:
+    """A null known from first principles rather than fitted: p for scores at a threshold.
+
+    Used where genuine data essentially never produce the score (an exact repeat of textured
+    blocks): ``p = p_at_or_above`` for scores >= ``threshold``, else 1. Same methods as
+    :class:`Calibration`, so scorers need not know which kind they hold.
+    """
+
+    threshold: float
+    p_at_or_above: float
+
+    def p_values(self, scores: Sequence[float] | np.ndarray) -> np.ndarray:
+        s = np.asarray(scores, dtype=np.float64)
+        return np.where(s >= self.threshold, self.p_at_or_above, 1.0)
+
+    def tail_p_values(self, scores: Sequence[float] | np.ndarray) -> np.ndarray:
+        return self.p_values(scores)

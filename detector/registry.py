@@ -21,6 +21,7 @@ _FACTORIES: dict[str, str | Factory] = {
     "copy-move": "detector.forensics.copymove:CopyMoveDetector.create",
     "noise-consistency": "detector.forensics.noise:NoiseConsistencyCheck.create",
     "slice-consistency": "detector.forensics.consistency:SliceConsistencyCheck.create",
+    "exact-repeat": "detector.forensics.duplicates:ExactRepeatCheck.create",
     "btd": "detector.btd:create",
     "inpaint": "detector.inpainting:create",
 }

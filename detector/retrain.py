@@ -187,8 +187,9 @@ class Retrainer:
         if failed:
             log.warning("interrupted retraining runs marked failed", extra={"runs": failed})
         if isinstance(got, RunHolder):
-            raise RetrainBusy(f"a retraining run is already in progress (run {got.run_id}, "
-                              f"owner {got.owner})")
+            raise RetrainBusy(
+                f"a retraining run is already in progress (run {got.run_id}, owner {got.owner})"
+            )
         log.info("retraining started", extra={"run": run_id, "trigger": trigger})
         beat_stop = threading.Event()
         beat = threading.Thread(
@@ -368,8 +369,9 @@ class Retrainer:
         try:
             if current_path is not None:
                 init_note = f"fine-tuned from version {current.id}"  # type: ignore[union-attr]
-                result = train(TrainOptions(**options, init_from=str(current_path)),
-                               self._step_hook)
+                result = train(
+                    TrainOptions(**options, init_from=str(current_path)), self._step_hook
+                )
             else:
                 result = train(TrainOptions(**options), self._step_hook)
         except CheckpointError as exc:
@@ -423,8 +425,13 @@ class Retrainer:
             promoted.append(version_id)
         log.info(
             "candidate judged",
-            extra={"version": version_id, "promoted": ok, "reason": reason, "detector": det,
-                   "modality": modality},
+            extra={
+                "version": version_id,
+                "promoted": ok,
+                "reason": reason,
+                "detector": det,
+                "modality": modality,
+            },
         )
         return {"version": version_id, "promoted": ok, "reason": reason}
 
@@ -475,7 +482,10 @@ class Gate:
         step_hook()
         det = load_detector(checkpoint, device=self.settings.device)
         scored = score_rows(
-            self.rows, self.lab_dir, detectors={det.name: det}, manifest_dir=self.lab_dir,
+            self.rows,
+            self.lab_dir,
+            detectors={det.name: det},
+            manifest_dir=self.lab_dir,
             progress=False,
         )[det.name]
         labels = [s.row.label for s in scored]

@@ -134,6 +134,10 @@ class SeriesScan:
 
     def run(self, requested: dict[str, list[tuple[int, int, float]]], room: int) -> None:
         """Scan every slice; stop adding regions once ``room`` regions were proposed."""
+        for check in self.checks:
+            prepare = getattr(check, "prepare", None)
+            if prepare is not None:  # a series-wide index (exact repeats): one read-ahead pass
+                prepare(_LazySeries(self))
         for k, ref in enumerate(self.slices):
             self._forget_before(k - self.copy_window - 1)
             image = self._image(k)
@@ -167,6 +171,14 @@ class SeriesScan:
             anomaly = mapper.anomaly_map(probe)  # type: ignore[attr-defined]
             taken = [(p.x, p.y) for p in proposals]
             for x, y, value in hotspots(anomaly, mask, self.hotspots_per_slice):
+                if all((x - a) ** 2 + (y - b) ** 2 > 64 for a, b in taken):
+                    proposals.append(Proposal(x, y, 8.0, "hotspot", value))
+        for check in self.checks:
+            candidates = getattr(check, "candidates", None)
+            if candidates is None:
+                continue
+            taken = [(p.x, p.y) for p in proposals]
+            for x, y, value in candidates(image, mask):
                 if all((x - a) ** 2 + (y - b) ** 2 > 64 for a, b in taken):
                     proposals.append(Proposal(x, y, 8.0, "hotspot", value))
         rows, cols = image.pixels.shape
@@ -223,3 +235,19 @@ class SeriesScan:
             raws = [r.scores[check.name]["raw"] for r in self.regions]
             for region, p in zip(self.regions, null.tail_p_values(raws), strict=True):
                 region.scores[check.name]["p"] = float(p)
+
+
+class _LazySeries(Sequence[SliceImage]):
+    """The scan's slices as a sequence read on demand (never all in memory at once)."""
+
+    def __init__(self, scan: SeriesScan) -> None:
+        self.scan = scan
+
+    def __len__(self) -> int:
+        return len(self.scan.slices)
+
+    def __getitem__(self, k: int) -> SliceImage:  # type: ignore[override]
+        image = self.scan._image(k)
+        if image is None:  # unreadable: an empty slice indexes nothing
+            return SliceImage(np.zeros((1, 1), np.float32), "CT", source=f"unreadable-{k}")
+        return image

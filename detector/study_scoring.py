@@ -24,7 +24,7 @@ from detector.fusion import decide, region_p
 from detector.model_set import ModelSet, model_version
 from detector.series_scan import RegionCheck, SeriesScan, order_slices
 from detector.settings import DetectorSettings
-from storage.admin_queries import requested_regions_by_sop
+from storage.admin_actions import requested_regions_by_sop
 from storage.db import Database
 from storage.findings import finding_numbers
 from storage.jobs import RegionRecord

@@ -19,7 +19,7 @@ from detector.serving import ProductionModels
 from detector.study_scoring import StudyScorer
 from scp.dicomweb import StowService
 from scp.server import StorageSCP
-from storage.admin_queries import ActionError
+from storage.admin_actions import ActionError
 from storage.assembly import StudyAssembler
 from storage.db import Database
 from storage.files import remove_partial_files
@@ -54,6 +54,7 @@ class Service:
                 models=lambda: self.models.describe() if self.models is not None else [],
                 readiness={"dicom_listener": self._scp_ready, "models": self._models_ready},
                 retrain_now=self._retrain_now if settings.retrain.enabled else None,
+                disk_watermark_mb=settings.storage.min_free_mb,
             )
             self.report.install(self.app)
         self.http = HttpServer(self.app, settings.admin.host, settings.admin.port)

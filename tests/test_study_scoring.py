@@ -121,7 +121,7 @@ def test_admin_requested_region_is_scored(
 ) -> None:
     from detector.settings import DetectorSettings
     from detector.study_scoring import ModelSet, StudyScorer
-    from storage.admin_queries import add_requested_region
+    from storage.admin_actions import add_requested_region
     from storage.models import Instance, utcnow
     from tests.admin_helpers import store_phantom_study
 
