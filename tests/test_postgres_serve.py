@@ -1,6 +1,6 @@
 """``tamperscan serve`` on PostgreSQL: concurrent associations into one new study, then
-assembly, scoring (forensic checks only, no learned model) and the verdict, all through the
-real service."""
+assembly, the scoring job (no detector configured: an honest not_scored) and the verdict, all
+through the real service."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ def test_serve_on_postgresql_receives_concurrently_and_scores_once(
         storage={"database_url": postgres_server.new_database()},
         assembly={"stable_age_s": 1.0, "released_age_s": 0.5, "poll_interval_s": 0.1},
         worker={"poll_interval_s": 0.1, "concurrency": 2},
+        detector={"checks": []},  # nothing to score with: the verdict comes at once
     )
     assert service.db.engine.dialect.name == "postgresql"
     study, series = generate_uid(), generate_uid()
@@ -55,5 +56,6 @@ def test_serve_on_postgresql_receives_concurrently_and_scores_once(
         assert session.scalar(select(func.count(Study.id))) == 1
         assert session.scalar(select(func.count(Instance.id))) == 20
         assert session.scalar(select(func.count(Job.id))) == 1
-    [verdict] = verdicts  # scored by the forensic checks (no learned model configured)
+    [verdict] = verdicts
     assert verdict.is_current and verdict.study_version == 1
+    assert verdict.outcome == "not_scored"  # honest: no detector configured
