@@ -4,7 +4,8 @@ Per detector, modality and attack: ROC AUC with a bootstrap 95 % interval, and T
 5 % FPR (:mod:`detector.metrics`, :mod:`detector.eval_report`). Every detector's raw score is
 also turned into a calibrated p-value (learned: the checkpoint's calibration; forensic: a null
 fitted once per series) and the ``fused`` row is the serving decision's own region rule
-(:func:`detector.fusion.region_p`) over every detector that scored the row. Positives of an
+(:func:`detector.fusion.bonferroni`) over the serving detectors among those scored (the default
+``[detector] checks`` and the learned models; :func:`serving_set`). Positives of an
 attack are its tampered rows; negatives are all genuine rows of the same modality (half of them
 on real lesions in lab manifests, so "has a lesion" is no signal). The same code reads the BTD
 Kaggle layout (``.npy`` CT in HU, ``.png`` MRI, ``path, x, y, type`` CSVs).

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from detector.forensics import VERSION as FORENSIC_VERSION
 from detector.interface import Detector, EvidenceKind
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,12 @@ class ModelSet:
             for group in self.by_modality.values()
             for d in group
         ] + [
-            {"name": c.name, "modality": "any", "kind": EvidenceKind.FORENSIC.value, "version": "1"}
+            {
+                "name": c.name,
+                "modality": "any",
+                "kind": EvidenceKind.FORENSIC.value,
+                "version": FORENSIC_VERSION,
+            }
             for c in self.checks
         ]
 

@@ -4,11 +4,14 @@ Slices are read in order along the slice normal and only a small window of them 
 memory (the slice, its neighbours for the slice check, ``window`` slices either side for the
 copy-move search), whatever the study size. On each slice:
 
-1. regions come from the blob proposals, the hotspots of the first forensic check's anomaly
-   map (cheap evidence over every pixel: a removal leaves no blob, but it leaves a noise
-   hole), the GPU sliding window and admin requests;
+1. regions come from the blob proposals, the hotspots of every map check's anomaly map
+   (cheap evidence over every pixel: a removal leaves no blob, but it leaves a noise hole),
+   areas whose blocks repeat elsewhere in the series, the GPU sliding window and admin
+   requests;
 2. every forensic check scores the regions and a few random reference locations of the same
-   tissue; the references are its null for this series (fitted once, at the end of the pass);
+   tissue; the references are its null for this series (fitted once, at the end of the pass).
+   Hotspots were chosen as their slice's strongest anomalies, so the check that chose them
+   compares them with the strongest anomalies of every slice instead (a max-statistic null);
 3. learned models score the regions in device batches, against their stored calibration.
 
 No database access here: the scorer hands in the files and records what comes out.
@@ -25,6 +28,7 @@ import numpy as np
 import pydicom
 
 from detector.calibration import Calibration
+from detector.forensics import VERSION as FORENSIC_VERSION
 from detector.forensics.base import hotspots
 from detector.forensics.references import points_in, tissue_mask
 from detector.interface import Detector, Location, SliceImage
@@ -108,6 +112,10 @@ class SeriesScan:
         self.regions: list[RegionCheck] = []
         self.notes: list[str] = []
         self.null_scores: dict[str, list[float]] = {c.name: [] for c in self.checks}
+        # A hotspot is among the strongest anomalies of its slice, not a random location: its
+        # null is the strongest anomaly of every slice of the series (a max-statistic null,
+        # conservative for the second and later peaks of a slice).
+        self.peak_null: dict[str, list[float]] = {}
         self._images: dict[int, SliceImage | None] = {}
         self._pending: list[tuple[Location, RegionCheck]] = []
 
@@ -165,14 +173,18 @@ class SeriesScan:
     ) -> None:
         proposals = propose(image, self.window_stride, self.max_blobs)
         mask = tissue_mask(image)
-        mapper = next((c for c in self.checks if hasattr(c, "anomaly_map")), None)
-        if mapper is not None and self.hotspots_per_slice:
-            probe = Location(image, 0, 0, context, neighbours)
+        probe = Location(image, 0, 0, context, neighbours)
+        for mapper in [c for c in self.checks if hasattr(c, "anomaly_map")]:
+            if not self.hotspots_per_slice:
+                break
             anomaly = mapper.anomaly_map(probe)  # type: ignore[attr-defined]
+            peaks = hotspots(anomaly, mask, self.hotspots_per_slice)
+            if peaks:  # the slice's strongest anomaly: the conservative null for every rank
+                self.peak_null.setdefault(mapper.name, []).append(peaks[0][2])
             taken = [(p.x, p.y) for p in proposals]
-            for x, y, value in hotspots(anomaly, mask, self.hotspots_per_slice):
+            for x, y, value in peaks:
                 if all((x - a) ** 2 + (y - b) ** 2 > 64 for a, b in taken):
-                    proposals.append(Proposal(x, y, 8.0, "hotspot", value))
+                    proposals.append(Proposal(x, y, 8.0, f"hotspot:{mapper.name}", value))
         for check in self.checks:
             candidates = getattr(check, "candidates", None)
             if candidates is None:
@@ -180,7 +192,7 @@ class SeriesScan:
             taken = [(p.x, p.y) for p in proposals]
             for x, y, value in candidates(image, mask):
                 if all((x - a) ** 2 + (y - b) ** 2 > 64 for a, b in taken):
-                    proposals.append(Proposal(x, y, 8.0, "hotspot", value))
+                    proposals.append(Proposal(x, y, 8.0, "repeat", value))
         rows, cols = image.pixels.shape
         proposals += [
             Proposal(x, y, radius, source="admin", strength=float("inf"))
@@ -195,7 +207,11 @@ class SeriesScan:
         ]
         for check in self.checks:
             for region, result in zip(found, check.score(locations), strict=True):
-                region.scores[check.name] = {"raw": result.score, "kind": check.kind.value}
+                region.scores[check.name] = {
+                    "raw": result.score,
+                    "kind": check.kind.value,
+                    "model": FORENSIC_VERSION,
+                }
                 region.maps[check.name] = result.heatmap.astype(np.float16)
             self.null_scores[check.name] += [r.score for r in check.score(references)]
         self.regions += found
@@ -228,13 +244,24 @@ class SeriesScan:
         """Fit each forensic check's null on this series' references and give regions p."""
         for check in self.checks:
             scores = self.null_scores[check.name]
+            if not getattr(check, "fits_null", True):  # an analytic null (exact repeats)
+                null = check.calibrate(())
+                raws = [r.scores[check.name]["raw"] for r in self.regions]
+                for region, p in zip(self.regions, null.tail_p_values(raws), strict=True):
+                    region.scores[check.name]["p"] = float(p)
+                continue
             if len(scores) < 40:
                 self.notes.append(f"{check.name}: too few reference locations in the series")
                 continue
             null = Calibration.from_scores(scores)
-            raws = [r.scores[check.name]["raw"] for r in self.regions]
-            for region, p in zip(self.regions, null.tail_p_values(raws), strict=True):
-                region.scores[check.name]["p"] = float(p)
+            peaks = self.peak_null.get(check.name, [])
+            peak_null = Calibration.from_scores(peaks) if peaks else None
+            for region in self.regions:
+                evidence = region.scores[check.name]
+                chosen = null
+                if region.proposal.source == f"hotspot:{check.name}" and peak_null is not None:
+                    chosen = peak_null  # few slices: conformal only (no tail below 40)
+                evidence["p"] = float(chosen.tail_p_values([evidence["raw"]])[0])
 
 
 class _LazySeries(Sequence[SliceImage]):
@@ -247,7 +274,11 @@ class _LazySeries(Sequence[SliceImage]):
         return len(self.scan.slices)
 
     def __getitem__(self, k: int) -> SliceImage:  # type: ignore[override]
-        image = self.scan._image(k)
-        if image is None:  # unreadable: an empty slice indexes nothing
+        if not 0 <= k < len(self.scan.slices):
+            raise IndexError(k)
+        from detector.slices import SliceReadError
+
+        try:  # read, not cached: the pass ahead reads each slice once more, window by window
+            return self.scan.read(self.scan.slices[k].path)
+        except SliceReadError:  # unreadable: an empty slice indexes nothing
             return SliceImage(np.zeros((1, 1), np.float32), "CT", source=f"unreadable-{k}")
-        return image

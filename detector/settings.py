@@ -50,11 +50,11 @@ class DetectorSettings(BaseModel):
     )
     batch_size: int = Field(0, ge=0, description="Patches per device batch; 0 picks by device.")
     checks: list[str] = Field(
-        default_factory=lambda: ["noise-consistency", "exact-repeat"],
+        default_factory=lambda: ["noise-consistency", "slice-consistency", "exact-repeat"],
         description="Forensic checks (no training) run on every series, learned models or not.",
     )
     hotspots_per_slice: int = Field(
-        4, ge=0, description="Extra regions per slice at the first check's strongest anomalies."
+        2, ge=0, description="Extra regions per slice and map check at its strongest anomalies."
     )
     references_per_series: int = Field(
         600, ge=40, le=100000, description="Reference locations each check's null is fitted on."
@@ -110,6 +110,13 @@ class RetrainSettings(BaseModel):
     gate_genuine_patches: int = Field(256, ge=8, description="Genuine patches for false alarms.")
     gate_alpha: float = Field(
         0.05, gt=0, lt=1, description="p-value threshold the false-alarm rate is measured at."
+    )
+    gate_study_threshold: float = Field(
+        0.01 / 300,
+        gt=0,
+        lt=1,
+        description="p at which one region alone makes a study tampered (false_alarm_rate / "
+        "regions per study): genuine gate patches below it are tail false alarms.",
     )
     max_auc_drop: float = Field(0.02, description="Candidate AUC may be this much lower.")
     max_false_alarm_increase: float = Field(

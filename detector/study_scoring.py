@@ -89,14 +89,15 @@ class StudyScorer:
         if not scorable:
             return StudyResult(
                 NOT_SCORED,
-                f"no detector for {', '.join(modalities)}",
+                f"no model for {', '.join(modalities)}",
                 details={"modalities": modalities, "study_version": study_version},
             )
         regions: list[RegionCheck] = []
         notes: list[str] = []
         for entry in scorable:
             regions += self._score_series(entry, notes, requested, len(regions))
-        return self._decide(study_id, study_version, regions, notes, modalities)
+        learned = any(self._learned(s) for s in scorable)
+        return self._decide(study_id, study_version, regions, notes, modalities, learned)
 
     def _learned(self, entry: SeriesFiles) -> list[Any]:
         """The series' calibrated learned models (uncalibrated ones cannot give p-values)."""
@@ -151,6 +152,7 @@ class StudyScorer:
         checks: list[RegionCheck],
         notes: list[str],
         modalities: list[str],
+        learned: bool = True,
     ) -> StudyResult:
         for check in checks:
             check.p_region = region_p(check.scores)
@@ -162,7 +164,7 @@ class StudyScorer:
             "modalities": modalities,
             "study_version": version,
             "models": self.models.describe(),
-            "forensic_only": not any(self.models.by_modality.values()),
+            "forensic_only": not learned,
             "fusion": "bonferroni over detectors, then over regions",
             "notes": notes,
         }
@@ -192,6 +194,8 @@ class StudyScorer:
         )
         if deciding:
             reason += f"; evidence: {', '.join(deciding)}"
+        if details["forensic_only"]:
+            reason += "; forensic checks only (no trained model for this modality yet)"
         return StudyResult(decision.outcome.value, reason, decision.p_study, details, regions)
 
     def _record(
@@ -205,7 +209,7 @@ class StudyScorer:
             sop_instance_uid=check.ref.sop_uid,
             x=check.proposal.x,
             y=check.proposal.y,
-            source=check.proposal.source,
+            source=check.proposal.source.split(":")[0],
             radius_px=check.proposal.radius_px,
             scores=check.scores,
             p_value=check.p_region,

@@ -6,8 +6,9 @@ cards. Grouping is pure: no database session here; callers pass region-like obje
 
 Rule: two flagged regions of the same series join when their slices are at most ``max_gap``
 slices apart (the same slice included: overlapping proposals) and their centres lie within
-the larger of their radii (or ``min_join_px``) in the slice plane; a group stops growing along the slice normal at ``max_extent_mm``, so two lesions
-stacked far apart stay two findings.
+the larger of their radii (or ``min_join_px``) in the slice plane; a group stops growing
+along the slice normal at ``max_extent_mm``, so two lesions stacked far apart stay two
+findings.
 """
 
 from __future__ import annotations

@@ -189,7 +189,7 @@ class Verdict(Base):
 
 
 # Where a region to check came from.
-REGION_SOURCES = ("proposal", "hotspot", "window", "csv", "admin")
+REGION_SOURCES = ("proposal", "hotspot", "repeat", "window", "csv", "admin")
 
 
 class Region(Base):

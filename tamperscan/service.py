@@ -18,6 +18,7 @@ from detector.retrain import Retrainer
 from detector.serving import ProductionModels
 from detector.study_scoring import StudyScorer
 from scp.dicomweb import StowService
+from scp.ingest import set_default_relax
 from scp.server import StorageSCP
 from storage.admin_actions import ActionError
 from storage.assembly import StudyAssembler
@@ -39,6 +40,7 @@ class Service:
         self.settings = settings
         self.db = Database(settings.storage.resolved_database_url())
         self.store = InstanceStore(self.db, settings.storage.data_dir, settings.storage.min_free_mb)
+        set_default_relax(settings.validation.relax)  # C-STORE and STOW-RS alike
         self.scp = StorageSCP(settings.scp, self.db, self.store)
         routers = []
         if settings.dicomweb.enabled:
@@ -57,7 +59,12 @@ class Service:
                 disk_watermark_mb=settings.storage.min_free_mb,
             )
             self.report.install(self.app)
-        self.http = HttpServer(self.app, settings.admin.host, settings.admin.port)
+        self.http = HttpServer(
+            self.app,
+            settings.admin.host,
+            settings.admin.port,
+            trusted_proxies=[str(net) for net in settings.admin.trusted_proxies],
+        )
         self.stages = Stages()
         self.scheduler: RetrainScheduler | None = None
         self.production: ProductionModels | None = None

@@ -64,21 +64,30 @@ class Orthanc:
                 },
             },
         }
+        self.folder = folder
         (folder / "orthanc.json").write_text(json.dumps(config))
-        self.log = (folder / "orthanc.log").open("wb")
+        self.url = f"http://127.0.0.1:{self.http_port}"
+        self.start()
+
+    def start(self) -> None:
+        """Start (or start again, same ports and storage) the Orthanc process."""
+        self.log = (self.folder / "orthanc.log").open("ab")
         self.process = subprocess.Popen(
-            ["Orthanc", str(folder / "orthanc.json")], stdout=self.log, stderr=subprocess.STDOUT
+            ["Orthanc", str(self.folder / "orthanc.json")],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         wait_for_port(self.http_port, process=self.process)
         wait_for_port(self.dicom_port, process=self.process)
-        self.url = f"http://127.0.0.1:{self.http_port}"
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
         self.log.close()
 
     def get(self, path: str) -> Any:
@@ -251,8 +260,7 @@ def test_orthanc_pushes_by_c_store_and_receives_the_sr(
     deadline = time.monotonic() + 30
     while True:
         modalities = {
-            s["MainDicomTags"].get("Modality")
-            for s in orthanc.get(f"/studies/{study_id}/series")
+            s["MainDicomTags"].get("Modality") for s in orthanc.get(f"/studies/{study_id}/series")
         }
         if {"CT", "SR", "OT"} <= modalities or time.monotonic() > deadline:
             break

@@ -139,3 +139,109 @@ def test_btd_layout_readers(tmp_path: Path) -> None:
     assert mr.modality == "MR" and mr.intensity_range == (0.0, 255.0)
     with pytest.raises(ValueError, match="no such file"):
         read_slice(tmp_path / "missing.dcm")
+
+
+# ----------------------------------------------------------------------------- scanner model
+
+
+def _radial_power(noise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Radially averaged power spectrum (bins of 0.025 cycles/pixel up to Nyquist)."""
+    from detector.lab.scanner import radial_frequency
+
+    power = np.abs(np.fft.fft2(noise - noise.mean())) ** 2
+    f = radial_frequency(noise.shape)
+    edges = np.arange(0.0, 0.5001, 0.025)
+    idx = np.digitize(f.ravel(), edges) - 1
+    ok = idx < len(edges) - 1
+    sums = np.bincount(idx[ok], power.ravel()[ok], minlength=len(edges) - 1)
+    counts = np.bincount(idx[ok], minlength=len(edges) - 1)
+    return (edges[:-1] + edges[1:]) / 2, sums / np.maximum(counts, 1)
+
+
+def _protocol(kernel: str, mas: float = 200.0, thickness: float = 1.25):  # noqa: ANN202
+    from detector.lab.scanner import Protocol
+
+    return Protocol("CT", thickness, thickness, 0.0, 60.0, 0.0, kernel=kernel, mas=mas,
+                    attenuation_per_mm=0.008)
+
+
+def test_ct_noise_follows_the_kernel_noise_power_spectrum() -> None:
+    """Measured NPS of the noise model: ramp-times-apodisation shape; sharp >> soft at high f."""
+    from detector.lab.scanner import KERNELS, ct_noise, noise_power_spectrum
+
+    water = np.full((256, 256), 0.0)  # uniform water: the thickness map is flat enough
+    spectra = {}
+    for kernel in ("SOFT", "STANDARD", "LUNG"):
+        n = np.mean([_radial_power(ct_noise(np.random.default_rng(s), water, _protocol(kernel),
+                                            0.7))[1] for s in range(6)], axis=0)
+        f, _ = _radial_power(water)
+        spectra[kernel] = n
+        model = noise_power_spectrum(KERNELS[kernel], f)
+        assert np.corrcoef(n, model)[0, 1] > 0.95, kernel  # the intended shape
+        assert n[0] < 0.35 * n.max(), kernel  # the ramp: little power at the lowest frequencies
+    f, _ = _radial_power(water)
+    high = f > 0.3
+    ratio = spectra["LUNG"][high].sum() / spectra["SOFT"][high].sum()
+    assert ratio > 20, ratio  # measured ~470: the soft window is nearly zero above 0.3
+    peak = {k: f[int(np.argmax(v))] for k, v in spectra.items()}
+    assert peak["SOFT"] < peak["STANDARD"] < peak["LUNG"], peak
+
+
+def test_ct_noise_level_follows_dose_thickness_and_body_size() -> None:
+    from detector.lab.scanner import ct_noise
+
+    water = np.full((128, 128), 0.0)
+    std = {mas: ct_noise(np.random.default_rng(1), water, _protocol("STANDARD", mas), 0.7).std()
+           for mas in (50.0, 200.0)}
+    assert std[50.0] / std[200.0] == pytest.approx(2.0, rel=0.1)  # sigma ~ 1/sqrt(mAs)
+    thin = ct_noise(np.random.default_rng(1), water, _protocol("STANDARD", thickness=1.0), 0.7)
+    thick = ct_noise(np.random.default_rng(1), water, _protocol("STANDARD", thickness=3.0), 0.7)
+    assert thin.std() / thick.std() == pytest.approx(np.sqrt(3.0), rel=0.1)
+    yy, xx = np.mgrid[:256, :256]
+    body = np.where(((xx - 128) / 120) ** 2 + ((yy - 128) / 80) ** 2 < 1, 40.0, -1000.0)
+    n = ct_noise(np.random.default_rng(2), body, _protocol("STANDARD"), 1.4)
+    centre = n[108:148, 108:148].std()
+    edge = n[120:136, 15:35].std()
+    assert centre > 1.15 * edge, (centre, edge)  # longer ray paths, fewer photons, more noise
+
+
+def test_phantom_slices_carry_the_series_kernel(tmp_path: Path) -> None:
+    """Same patient, two kernels: the written slices differ at high frequency as the NPS says,
+    the header names the kernel, and each slice's noise is its own."""
+    from detector.lab.writer import generate_study
+
+    soft = generate_study("CT", 2, seed=31, size=128, protocol=_protocol("SOFT"))
+    sharp = generate_study("CT", 2, seed=31, size=128, protocol=_protocol("LUNG"))
+    assert soft.datasets[0].ConvolutionKernel == "SOFT"
+    assert sharp.datasets[0].ConvolutionKernel == "LUNG"
+    assert float(sharp.datasets[0].CTDIvol) == pytest.approx(15.0)
+    assert float(sharp.datasets[0].SpacingBetweenSlices) == 1.25
+
+    def hu(ds: pydicom.Dataset) -> np.ndarray:
+        return np.frombuffer(ds.PixelData, np.uint16).reshape(128, 128) - 1024.0
+
+    f, p_soft = _radial_power(hu(soft.datasets[0]))
+    _, p_sharp = _radial_power(hu(sharp.datasets[0]))
+    high = f > 0.3
+    assert p_sharp[high].sum() / p_soft[high].sum() > 20
+    # Independent per slice: in the air around the patient (noise only) neighbours do not
+    # correlate, although the anatomy planes they average are shared.
+    from scipy import ndimage
+
+    a, b = (hu(d) for d in sharp.datasets)
+    air = (ndimage.uniform_filter(a, 9) < -950) & (ndimage.uniform_filter(b, 9) < -950)
+    assert air.sum() > 500 and a[air].std() > 10
+    assert abs(np.corrcoef(a[air], b[air])[0, 1]) < 0.1
+
+
+def test_protocols_vary_between_series() -> None:
+    studies = [generate_study("CT", 1, seed=s, size=64) for s in range(10)]
+    kernels = {str(s.datasets[0].ConvolutionKernel) for s in studies}
+    geometry = {(float(s.datasets[0].SliceThickness), float(s.datasets[0].SpacingBetweenSlices))
+                for s in studies}
+    mas = {int(s.datasets[0].Exposure) for s in studies}
+    assert kernels == {"SOFT", "STANDARD", "LUNG"}
+    assert len(geometry) >= 3 and len(mas) >= 8
+    assert all(t >= sp for t, sp in geometry)
+    snr = {round(generate_study("MR", 1, seed=s, size=64).protocol.snr, 1) for s in range(8)}
+    assert len(snr) >= 6 and min(snr) >= 10 and max(snr) <= 45

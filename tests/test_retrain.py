@@ -42,6 +42,7 @@ TINY: dict[str, Any] = dict(
     gate_attacks=["injection", "adversarial-noise"],
     gate_genuine_patches=48,
     min_auc=0.0,  # a 4-step model detects nothing; the floor is tested in test_decide_...
+    calibration_tolerance=0.15,  # 48 gate patches: P(rate > 0.10 | true 0.05) is about 0.2
     device="cpu",
 )
 

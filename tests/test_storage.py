@@ -114,10 +114,19 @@ def test_migrations_match_the_models_and_are_idempotent(
         db.dispose()
 
 
-@pytest.mark.parametrize("bad", ["", "../etc", "1.2.a", "1..2", "1.02", "/1.2", "1." + "2" * 70])
+@pytest.mark.parametrize(
+    "bad",
+    ["", "../etc", "1.2.a", "1..2", "1.02", "/1.2", "1." + "2" * 70]
+    + ["1.2.3\n", "1.2.3\n\x00\n", "1.2.3\n\x00", "1.2\x003", " 1.2.3", "1.2.3\t", "\n1.2"],
+)
 def test_uids_that_could_escape_or_are_invalid_are_refused(bad: str) -> None:
     with pytest.raises(InvalidUID):
         check_uid(bad, "Study Instance UID")
+
+
+def test_uid_padding_is_the_only_thing_removed() -> None:
+    assert check_uid("1.2.3\x00", "SOP Instance UID") == "1.2.3"
+    assert check_uid("1.2.3 ", "SOP Instance UID") == "1.2.3"
 
 
 def test_instance_path_is_built_from_checked_uids_only() -> None:

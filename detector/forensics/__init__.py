@@ -6,3 +6,5 @@ locations of that same series (:mod:`detector.forensics.references`), so a fresh
 gives calibrated verdicts from its first study, on whatever scanner sent it. What each check
 borrows from which published work is in docs/detectors.md ("Forensic checks").
 """
+
+VERSION = "forensic-1"  # what verdicts and SRs call the checks' version; bump on any change

@@ -116,7 +116,7 @@ class MapCheck:
 def hotspots(
     values: np.ndarray, mask: np.ndarray, count: int, min_gap_px: int = 12
 ) -> list[tuple[int, int, float]]:
-    """The ``count`` strongest local maxima of ``values`` inside ``mask``: (x, y, value)."""
+    """The ``count`` strongest peaks of ``values`` inside ``mask``, ``min_gap_px`` apart."""
     if count <= 0 or not mask.any():
         return []
     masked = np.where(mask, values, -np.inf)
@@ -124,5 +124,11 @@ def hotspots(
         masked
     )
     ys, xs = np.nonzero(peaks)
-    order = np.argsort(masked[ys, xs])[::-1][:count]
-    return [(int(xs[i]), int(ys[i]), float(masked[ys[i], xs[i]])) for i in order]
+    out: list[tuple[int, int, float]] = []
+    for i in np.argsort(masked[ys, xs])[::-1]:
+        x, y = int(xs[i]), int(ys[i])
+        if all((x - a) ** 2 + (y - b) ** 2 >= min_gap_px**2 for a, b, _ in out):
+            out.append((x, y, float(masked[y, x])))
+            if len(out) == count:
+                break
+    return out

@@ -40,6 +40,7 @@ class ExactRepeatCheck:
     kind = EvidenceKind.FORENSIC
     needs_context = True
     modality = None  # every modality
+    fits_null = False  # its null is analytic: references would only ever score 0
 
     def __init__(self, block: int = 6, reach_px: int = 8, seed: int = 7) -> None:
         rng = np.random.default_rng(seed)

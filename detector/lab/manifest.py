@@ -8,6 +8,10 @@
 - CHAIMELEON style (``test.csv``): ``filename, X, Y`` as the deepfakes-detector reads it, plus
   ``label`` and ``attack`` columns that its own reader ignores.
 
+Both end with a ``family`` column: which independently written attack family (``A``, ``B``)
+made a tampered row; genuine rows say ``none``. Manifests without it (older lab runs, the BTD
+and CHAIMELEON files) read as family ``A``.
+
 :func:`read_manifest` reads either, including the real BTD files (numeric or textual ``type``,
 attack taken from the flag columns or the file name).
 """
@@ -21,9 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ATTACKS = ("injection", "removal", "copy-move", "adversarial-noise")
+FAMILIES = ("A", "B")
 GENUINE = "none"
-BTD_COLUMNS = ["path", "x", "y", "type", "attack", "label", "modality"]
-CHAIMELEON_COLUMNS = ["filename", "X", "Y", "label", "attack", "type"]
+DEFAULT_FAMILY = "A"
+BTD_COLUMNS = ["path", "x", "y", "type", "attack", "label", "modality", "family"]
+CHAIMELEON_COLUMNS = ["filename", "X", "Y", "label", "attack", "type", "family"]
 
 _FAKE_WORDS = {"1", "fake", "tampered", "fm", "fb", "manipulated", "true", "yes"}
 _REAL_WORDS = {"0", "real", "genuine", "tb", "tm", "authentic", "false", "no", "clean"}
@@ -45,24 +51,25 @@ class ManifestRow:
     type: str = ""  # TB / TM / FB / FM
     modality: str = ""  # CT / MR when known
     group: str = ""  # finer split where known (e.g. BTD generator CTGAN / SD)
+    family: str = DEFAULT_FAMILY  # attack family (A, B) of a tampered row; "none" when genuine
 
 
 def write_btd(rows: Iterable[ManifestRow], path: str | Path) -> None:
-    """Write ``path, x, y, type, attack, label, modality`` (BTD's columns first)."""
+    """Write ``path, x, y, type, attack, label, modality, family`` (BTD's columns first)."""
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(BTD_COLUMNS)
         for r in rows:
-            w.writerow([r.path, r.x, r.y, r.type, r.attack, r.label, r.modality])
+            w.writerow([r.path, r.x, r.y, r.type, r.attack, r.label, r.modality, r.family])
 
 
 def write_chaimeleon(rows: Iterable[ManifestRow], path: str | Path) -> None:
-    """Write CHAIMELEON ``test.csv``: ``filename, X, Y`` then label, attack and type."""
+    """Write CHAIMELEON ``test.csv``: ``filename, X, Y`` then label, attack, type, family."""
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(CHAIMELEON_COLUMNS)
         for r in rows:
-            w.writerow([r.path, r.x, r.y, r.label, r.attack, r.type])
+            w.writerow([r.path, r.x, r.y, r.label, r.attack, r.type, r.family])
 
 
 def _label_of(value: str, where: str) -> int:
@@ -147,9 +154,12 @@ def read_manifest(path: str | Path) -> list[ManifestRow]:
                     kind.lower(), "unknown"
                 )
             modality = rec.get(lower.get("modality", ""), "") or ""
+            family = rec.get(lower.get("family", ""), "") or DEFAULT_FAMILY
             if not rec[col_path]:
                 raise ManifestError(f"{where}: empty path")
-            rows.append(ManifestRow(rec[col_path], x, y, label, attack, kind, modality, group))
+            rows.append(
+                ManifestRow(rec[col_path], x, y, label, attack, kind, modality, group, family)
+            )
     if not rows:
         raise ManifestError(f"{path}: no rows")
     return rows

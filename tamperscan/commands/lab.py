@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from detector.lab.manifest import ATTACKS, ManifestError
+from detector.lab.manifest import ATTACKS, FAMILIES, ManifestError
 from tamperscan.argtypes import positive
 
 EXIT_USAGE = 2
@@ -80,6 +80,7 @@ def run_tamper(args: argparse.Namespace) -> int:
                 return _fail(f"unknown attack {a!r}; choose from {', '.join(ATTACKS)} or all")
             elif a not in attacks:
                 attacks.append(a)
+    families = list(FAMILIES) if args.family == "all" else [args.family]
     in_dir, out_dir = Path(args.in_dir), Path(args.out)
     if not in_dir.is_dir():
         return _fail(f"--in {in_dir}: no such folder")
@@ -88,19 +89,29 @@ def run_tamper(args: argparse.Namespace) -> int:
             in_dir,
             out_dir,
             attacks,
-            args.count,
+            0,
             args.seed,
             epsilon_hu=args.epsilon_hu,
             epsilon_mr=args.epsilon_mr,
+            families=families,
+            min_rows=args.count,
+            target_models=args.target_model or [],
         )
     except TamperError as exc:
         return _fail(str(exc))
     if args.montages:
         mdir = Path(args.montages)
         mdir.mkdir(parents=True, exist_ok=True)
-        for (attack, modality), (before, after, rec) in sorted(result.examples.items()):
-            name = f"{attack}.png" if modality == "CT" else f"{attack}-mr.png"
+        for (attack, modality, family), (before, after, rec) in sorted(result.examples.items()):
+            name = attack + ("" if family == "A" else f"-{family.lower()}")
+            name += ".png" if modality == "CT" else "-mr.png"
             save_montage(before, after, rec, mdir / name)
+    for cell, n in sorted(result.short_cells.items()):
+        print(
+            f"note: {cell}: {n} of {args.count} tampered rows (no untouched room left; give "
+            "more studies or slices for a full cell)",
+            file=sys.stderr,
+        )
     n_fake = sum(r.label for r in result.rows)
     print(
         f"tampered {len(result.records)} instances ({n_fake} slice locations) + "
@@ -208,8 +219,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="tamper studies (pixel-only) and write BTD/CHAIMELEON ground-truth manifests",
         description="Copy --in to --out and tamper pixels only (every header element, SOP "
         "Instance UID included, is kept, as CT-GAN does). Writes manifest_btd.csv "
-        "(path,x,y,type,attack,label,modality), test.csv (CHAIMELEON filename,X,Y + label) "
-        "and regions.json, with as many genuine control locations as tampered ones.",
+        "(path,x,y,type,attack,label,modality,family), test.csv (CHAIMELEON filename,X,Y + "
+        "label) and regions.json, with as many genuine control locations as tampered ones, "
+        "some of them always on real lesions.",
     )
     t.add_argument(
         "--in",
@@ -227,9 +239,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument(
         "--count",
         type=positive,
-        default=5,
-        help="attack instances per attack (an instance may span several slices; "
-        "each tampered slice is one manifest row)",
+        default=30,
+        help="tampered slice rows per attack, modality and family, at least (instances are "
+        "added until every cell has this many; an instance may span several slices and "
+        "each tampered slice is one manifest row). 30 rows x 4 attacks fit a 10-study, "
+        "32-slice lab per modality for one family; for --family all give 48 or more slices",
+    )
+    t.add_argument(
+        "--family",
+        choices=[*FAMILIES, "all"],
+        default="A",
+        help="attack family: A (the lab's first attacks), B (written independently: other "
+        "shapes, the scan's own noise, diffusion fills, rotated/scaled copies, white-box "
+        "PGD), or all",
+    )
+    t.add_argument(
+        "--target-model",
+        action="append",
+        default=None,
+        help="inpainting checkpoint that family B's white-box adversarial-noise attacks "
+        "(one per modality; required when family B includes adversarial-noise)",
     )
     t.add_argument("--seed", type=int, default=0, help="random seed for locations and textures")
     t.add_argument(
@@ -248,8 +277,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument(
         "--montages",
         default=None,
-        help="also write one before/after/difference PNG per attack to this folder "
-        "(<attack>.png for CT, <attack>-mr.png for MR)",
+        help="also write one before/after/difference PNG per attack and family to this "
+        "folder (<attack>.png for CT, <attack>-mr.png for MR; family B adds -b)",
     )
     t.set_defaults(handler=run_tamper)
 
@@ -260,7 +289,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Score every manifest location and report, per detector, modality and "
         "attack: ROC AUC with a stratified bootstrap 95% interval and TPR at 1% and 5% FPR "
         "(negatives: all genuine rows of the modality), plus the 'fused' row: the serving "
-        "rule (Bonferroni over every detector's calibrated p-value). Writes summary.json, "
+        "rule (Bonferroni over the calibrated p-values of the default [detector] checks and the "
+        "learned models among those scored). Writes summary.json, "
         "scores.csv and "
         "roc_<detector>_<modality>.png. Reads lab manifests, CHAIMELEON test.csv and the BTD "
         "test-set layout (CT .npy in HU, MRI .png; CSV path,x,y,type).",
