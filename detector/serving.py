@@ -21,6 +21,7 @@ from detector.model_set import ModelSet
 from detector.settings import DetectorSettings
 from detector.study_scoring import StudyScorer
 from storage.db import Database
+from storage.polling import poll
 from storage.registry import production_versions
 
 log = logging.getLogger(__name__)
@@ -109,8 +110,4 @@ class ProductionModels:
         return True
 
     def run(self, stop: threading.Event) -> None:
-        while not stop.wait(self.interval_s):
-            try:
-                self.refresh()
-            except Exception:
-                log.exception("model reload check failed; will retry")
+        poll(self.refresh, stop, self.interval_s, log, "model reload", wait_first=True)

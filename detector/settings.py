@@ -17,6 +17,12 @@ class WorkerSettings(BaseModel):
     )
     max_attempts: int = Field(3, ge=1, description="Tries before a job is given up as failed.")
     poll_interval_s: float = Field(1.0, gt=0, le=60, description="Idle wait between queue checks.")
+    delivery_lease_s: float = Field(
+        300.0,
+        gt=0,
+        description="A report one process is sending is left to it this long before another "
+        "may send it (a process killed mid-send: its reports go out after this).",
+    )
 
 
 class DetectorSettings(BaseModel):

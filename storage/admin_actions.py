@@ -10,23 +10,18 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from storage.audit import audit
 from storage.deliveries import resend
-from storage.jobs import SCORE
+from storage.jobs import StudyNotSettled, requeue_study
 from storage.models import (
-    JOB_QUEUED,
-    JOB_SUPERSEDED,
     MARK_LABELS,
     MODEL_CANDIDATE,
     MODEL_RETIRED,
-    QUEUED,
-    RECEIVING,
     RUN_RUNNING,
     Instance,
-    Job,
     Mark,
     ModelVersion,
     Region,
@@ -48,42 +43,11 @@ class ActionError(ValueError):
 
 
 def rescore_study(session: Session, study_id: int, actor: str, now: datetime) -> int:
-    """A new study version with one scoring job, as if the study had just settled again.
-
-    A queued job of the old version is superseded; a running one finishes, but its verdict
-    no longer becomes current (the newer version's does). A study still receiving is left
-    alone: assembly queues it when it settles. Returns the new version.
-    """
-    study = session.get(Study, study_id)
-    if study is None:
-        raise ActionError(f"no study {study_id}")
-    if study.state == RECEIVING:
-        raise ActionError("the study is still receiving; it is scored once it has settled")
-    session.execute(
-        update(Job)
-        .where(Job.study_id == study.id, Job.state == JOB_QUEUED)
-        .values(state=JOB_SUPERSEDED, finished_at=now)
-    )
-    study.version += 1
-    study.state = QUEUED
-    session.add(
-        Job(
-            kind=SCORE,
-            study_id=study.id,
-            study_version=study.version,
-            state=JOB_QUEUED,
-            attempts=0,
-            created_at=now,
-        )
-    )
-    audit(
-        session,
-        actor=actor,
-        action="study.rescore",
-        target=str(study.id),
-        detail={"study_version": study.version},
-    )
-    return study.version
+    """A new study version with one scoring job (``storage.jobs.requeue_study``)."""
+    try:
+        return requeue_study(session, study_id, actor, now)
+    except (LookupError, StudyNotSettled) as exc:
+        raise ActionError(str(exc)) from None
 
 
 def resend_report(session: Session, study_id: int, actor: str, now: datetime) -> int:

@@ -57,3 +57,22 @@ def service_factory(tmp_path: Path) -> Iterator[Any]:
 @pytest.fixture
 def service(service_factory: Any) -> Service:
     return service_factory()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Any]:
+    """One throwaway PostgreSQL cluster for the whole session (see tests/pg_helpers.py)."""
+    from tests.pg_helpers import PostgresServer
+
+    server = PostgresServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The index database of a test, once on SQLite and once on a real PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'data' / 'tamperscan.db'}"
+    return str(request.getfixturevalue("postgres_server").new_database())
