@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import Select, exists, func, or_, select
+from sqlalchemy import Select, exists, func, or_, select, text
 from sqlalchemy.orm import Session
 
 from storage.models import (
@@ -251,10 +251,28 @@ def latest_study_marks(session: Session, ids: list[int]) -> dict[int, str]:
     return out
 
 
+# A loose index scan: jump from one indexed value to the next instead of reading the whole
+# index, which is what SELECT DISTINCT does on PostgreSQL (55-75 ms at 100,000 studies, against
+# 0.2 ms this way; docs/deployment.md). Table and column names are constants, never input.
+_SKIP_SCAN = """
+WITH RECURSIVE t(v) AS (
+    SELECT min({column}) FROM {table}
+    UNION ALL
+    SELECT (SELECT min({column}) FROM {table} WHERE {column} > t.v) FROM t WHERE t.v IS NOT NULL
+)
+SELECT v FROM t WHERE v IS NOT NULL LIMIT :limit
+"""
+
+
+def _distinct_values(session: Session, table: str, column: str, limit: int) -> list[str]:
+    query = text(_SKIP_SCAN.format(table=table, column=column))
+    return [v for v in session.scalars(query, {"limit": limit}).all() if v]
+
+
 def filter_choices(session: Session) -> dict[str, list[str]]:
     """Values offered in the list's drop-downs (few distinct values; indexed columns)."""
-    modalities = session.scalars(select(Series.modality).distinct().limit(50)).all()
-    aes = session.scalars(select(Instance.calling_ae).distinct().limit(200)).all()
+    modalities = _distinct_values(session, "series", "modality", 50)
+    aes = _distinct_values(session, "instance", "calling_ae", 200)
     return {
         "modalities": sorted(m for m in modalities if m),
         "calling_aes": sorted(a for a in aes if a),
