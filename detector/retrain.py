@@ -522,7 +522,11 @@ class Gate:
         auc = roc_auc(labels, [s.score for s in scored])
         step_hook()
         patches = calibration_patches(
-            self.slices, det.prep, [], self.settings.gate_genuine_patches, self.seed + 7,
+            self.slices,
+            det.prep,
+            [],
+            self.settings.gate_genuine_patches,
+            self.seed + 7,
             proposal_fraction=DEFAULT_PROPOSAL_FRACTION,  # drawn as calibration drew them
         )
         raw, _ = det.score_patches(patches)

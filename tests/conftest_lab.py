@@ -57,7 +57,13 @@ def lab_set(tmp_path_factory: pytest.TempPathFactory) -> LabSet:
     models = {m: tiny_inpaint_checkpoint(root / f"{m}_inpaint.ckpt", m) for m in ("CT", "MR")}
     tampered = root / "tampered"
     result = tamper_dataset(
-        genuine, tampered, ATTACKS, count=0, seed=3, families=FAMILIES, min_rows=1,
+        genuine,
+        tampered,
+        ATTACKS,
+        count=0,
+        seed=3,
+        families=FAMILIES,
+        min_rows=1,
         target_models=list(models.values()),
     )
     return LabSet(genuine, tampered, result, models)

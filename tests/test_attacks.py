@@ -123,37 +123,61 @@ def test_removal_hides_the_lesion(lab_set: LabSet) -> None:  # noqa: F811
     _, after = _pixels(lab_set.tampered / reg.path)
     core = disc(before.shape, reg.x, reg.y, 1.5)
     ring = disc(before.shape, reg.x, reg.y, reg.radius_px + 6) & ~disc(
-        before.shape, reg.x, reg.y, reg.radius_px + 1)
+        before.shape, reg.x, reg.y, reg.radius_px + 1
+    )
     # After removal the centre looks like its surroundings, before it did not.
     assert abs(after[core].mean() - np.median(after[ring])) < abs(
-        before[core].mean() - np.median(before[ring]))
+        before[core].mean() - np.median(before[ring])
+    )
 
 
 def test_same_seed_same_tampering(lab_set: LabSet, tmp_path: Path) -> None:  # noqa: F811
     again = tamper_dataset(lab_set.genuine, tmp_path / "again", ["adversarial-noise"], 1, seed=3)
-    other = tamper_dataset(lab_set.genuine, tmp_path / "again2", ["adversarial-noise"], 1,
-                           seed=3)
+    other = tamper_dataset(lab_set.genuine, tmp_path / "again2", ["adversarial-noise"], 1, seed=3)
     assert [(r.path, r.x, r.y) for r in again.rows] == [(r.path, r.x, r.y) for r in other.rows]
 
 
-def test_cli_errors_are_clean(lab_set: LabSet, tmp_path: Path,  # noqa: F811
-                              capsys: pytest.CaptureFixture) -> None:
-    code = main(["tamper", "--in", str(lab_set.genuine), "--out", str(tmp_path / "o"),
-                 "--attack", "splice"])
+def test_cli_errors_are_clean(
+    lab_set: LabSet,
+    tmp_path: Path,  # noqa: F811
+    capsys: pytest.CaptureFixture,
+) -> None:
+    code = main(
+        ["tamper", "--in", str(lab_set.genuine), "--out", str(tmp_path / "o"), "--attack", "splice"]
+    )
     assert code == 2 and "unknown attack" in capsys.readouterr().err
-    code = main(["tamper", "--in", str(tmp_path / "nope"), "--out", str(tmp_path / "o"),
-                 "--attack", "injection"])
+    code = main(
+        [
+            "tamper",
+            "--in",
+            str(tmp_path / "nope"),
+            "--out",
+            str(tmp_path / "o"),
+            "--attack",
+            "injection",
+        ]
+    )
     assert code == 2 and "no such folder" in capsys.readouterr().err
     no_lesions = tmp_path / "nolesions"
     study = next(p for p in lab_set.genuine.iterdir() if p.is_dir())
     (no_lesions / study.name).mkdir(parents=True)
     for f in study.glob("*.dcm"):
         (no_lesions / study.name / f.name).write_bytes(f.read_bytes())
-    code = main(["tamper", "--in", str(no_lesions), "--out", str(tmp_path / "o2"),
-                 "--attack", "removal"])
+    code = main(
+        ["tamper", "--in", str(no_lesions), "--out", str(tmp_path / "o2"), "--attack", "removal"]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "lesions.csv" in err and "Traceback" not in err
     assert not (tmp_path / "o2").exists()
-    code = main(["tamper", "--in", str(lab_set.genuine), "--out", str(lab_set.tampered),
-                 "--attack", "injection"])
+    code = main(
+        [
+            "tamper",
+            "--in",
+            str(lab_set.genuine),
+            "--out",
+            str(lab_set.tampered),
+            "--attack",
+            "injection",
+        ]
+    )
     assert code == 2 and "not empty" in capsys.readouterr().err

@@ -46,8 +46,13 @@ def test_both_families_ran_every_attack(lab_set: LabSet) -> None:  # noqa: F811
     b = [r for r in lab_set.result.records if r.family == "B"]
     assert all(r.detail for r in b)
     inj = next(r for r in b if r.attack == "injection")
-    assert inj.detail["shape"] in ("lobulated", "spiculated", "part-solid", "calcified",
-                                   "heterogeneous")
+    assert inj.detail["shape"] in (
+        "lobulated",
+        "spiculated",
+        "part-solid",
+        "calcified",
+        "heterogeneous",
+    )
     copy = next(r for r in b if r.attack == "copy-move")
     assert {"angle", "scale", "mirror", "blend"} <= set(copy.detail)
 
@@ -71,26 +76,30 @@ def test_family_in_every_row_and_record(lab_set: LabSet) -> None:  # noqa: F811
 
 def test_manifest_without_family_column_reads_as_family_a(tmp_path: Path) -> None:
     path = tmp_path / "old.csv"
-    path.write_text("path,x,y,type,attack,label,modality\na.dcm,3,4,FM,injection,1,CT\n"
-                    "b.dcm,5,6,TB,none,0,CT\n")
+    path.write_text(
+        "path,x,y,type,attack,label,modality\na.dcm,3,4,FM,injection,1,CT\nb.dcm,5,6,TB,none,0,CT\n"
+    )
     assert [r.family for r in read_manifest(path)] == ["A", "A"]
 
 
 def test_whitebox_lowers_the_targeted_detectors_score(lab_set: LabSet) -> None:  # noqa: F811
-    recs = [r for r in lab_set.result.records
-            if r.family == "B" and r.attack == "adversarial-noise"]
+    recs = [
+        r for r in lab_set.result.records if r.family == "B" and r.attack == "adversarial-noise"
+    ]
     assert {r.modality for r in recs} == {"CT", "MR"}
     for rec in recs:
         reg = rec.regions[0]
-        det = load_inpaint(str(lab_set.models[rec.modality]), rec.modality, device="cpu",
-                           precision="fp32")
+        det = load_inpaint(
+            str(lab_set.models[rec.modality]), rec.modality, device="cpu", precision="fp32"
+        )
         rng = None
         if rec.modality == "MR":  # the same series range for both, as evaluation uses one
             rng = volume_intensity_range(series_files((lab_set.genuine / reg.path).parent))
         before = read_slice(lab_set.genuine / reg.path, rng)
         after = read_slice(lab_set.tampered / reg.path, rng)
-        scores, _ = det.score_patches(patches_for(
-            [Location(before, reg.x, reg.y), Location(after, reg.x, reg.y)], det.prep))
+        scores, _ = det.score_patches(
+            patches_for([Location(before, reg.x, reg.y), Location(after, reg.x, reg.y)], det.prep)
+        )
         assert scores[1] < scores[0], (rec.modality, scores)
         assert rec.detail["score_after"] < rec.detail["score_before"]
         diff = np.abs(_values(lab_set.tampered / reg.path) - _values(lab_set.genuine / reg.path))
@@ -100,15 +109,31 @@ def test_whitebox_lowers_the_targeted_detectors_score(lab_set: LabSet) -> None: 
         assert (diff[disc(diff.shape, reg.x, reg.y, reg.radius_px)] > 0).mean() > 0.3
 
 
-def test_whitebox_refuses_without_a_checkpoint(lab_set: LabSet, tmp_path: Path,  # noqa: F811
-                                               capsys: pytest.CaptureFixture) -> None:
+def test_whitebox_refuses_without_a_checkpoint(
+    lab_set: LabSet,
+    tmp_path: Path,  # noqa: F811
+    capsys: pytest.CaptureFixture,
+) -> None:
     with pytest.raises(TamperError, match="--target-model CKPT for CT, MR"):
-        tamper_dataset(lab_set.genuine, tmp_path / "o", ["adversarial-noise"], 1, seed=1,
-                       families=["B"])
+        tamper_dataset(
+            lab_set.genuine, tmp_path / "o", ["adversarial-noise"], 1, seed=1, families=["B"]
+        )
     assert not (tmp_path / "o").exists()
-    code = main(["tamper", "--in", str(lab_set.genuine), "--out", str(tmp_path / "o2"),
-                 "--attack", "adversarial-noise", "--family", "B", "--target-model",
-                 str(lab_set.models["CT"])])
+    code = main(
+        [
+            "tamper",
+            "--in",
+            str(lab_set.genuine),
+            "--out",
+            str(tmp_path / "o2"),
+            "--attack",
+            "adversarial-noise",
+            "--family",
+            "B",
+            "--target-model",
+            str(lab_set.models["CT"]),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "for MR" in err and "Traceback" not in err
 
@@ -120,9 +145,11 @@ def test_removal_b_hides_the_lesion(lab_set: LabSet) -> None:  # noqa: F811
     after = _values(lab_set.tampered / reg.path)
     core = disc(before.shape, reg.x, reg.y, 1.5)
     ring = disc(before.shape, reg.x, reg.y, reg.radius_px + 6) & ~disc(
-        before.shape, reg.x, reg.y, reg.radius_px + 1)
+        before.shape, reg.x, reg.y, reg.radius_px + 1
+    )
     assert abs(after[core].mean() - np.median(after[ring])) < abs(
-        before[core].mean() - np.median(before[ring]))
+        before[core].mean() - np.median(before[ring])
+    )
 
 
 def test_harmonic_fill_is_smooth_and_poisson_clone_keeps_the_source_gradient() -> None:
@@ -135,12 +162,16 @@ def test_harmonic_fill_is_smooth_and_poisson_clone_keeps_the_source_gradient() -
     source = np.sin(xx / 3.0) * 10
     cloned = poisson_fill(np.zeros_like(plane), hole, guidance=source + 50.0)
     inner = disc(plane.shape, 20, 20, 6)
-    lap = lambda a: 4 * a - np.roll(a, 1, 0) - np.roll(a, -1, 0) - np.roll(a, 1, 1) - np.roll(a, -1, 1)  # noqa: E731,E501
+    lap = lambda a: (
+        4 * a - np.roll(a, 1, 0) - np.roll(a, -1, 0) - np.roll(a, 1, 1) - np.roll(a, -1, 1)
+    )  # noqa: E731,E501
     np.testing.assert_allclose(lap(cloned)[inner], lap(source)[inner], atol=1e-6)
 
 
-def test_every_manifest_holds_genuine_lesion_controls(lab_set: LabSet,  # noqa: F811
-                                                      tmp_path: Path) -> None:
+def test_every_manifest_holds_genuine_lesion_controls(
+    lab_set: LabSet,  # noqa: F811
+    tmp_path: Path,
+) -> None:
     runs = [read_manifest(lab_set.tampered / BTD_MANIFEST)]
     for i, attacks in enumerate((["removal"], ["copy-move", "adversarial-noise"])):
         tamper_dataset(lab_set.genuine, tmp_path / f"r{i}", attacks, 2, seed=20 + i)
@@ -153,8 +184,15 @@ def test_every_manifest_holds_genuine_lesion_controls(lab_set: LabSet,  # noqa: 
 
 
 def test_min_rows_fills_every_cell(lab_set: LabSet, tmp_path: Path) -> None:  # noqa: F811
-    tamper_dataset(lab_set.genuine, tmp_path / "cells", ["copy-move", "injection"], 0, seed=5,
-                   min_rows=4, families=FAMILIES)
+    tamper_dataset(
+        lab_set.genuine,
+        tmp_path / "cells",
+        ["copy-move", "injection"],
+        0,
+        seed=5,
+        min_rows=4,
+        families=FAMILIES,
+    )
     rows = read_manifest(tmp_path / "cells" / BTD_MANIFEST)
     cells = Counter((r.attack, r.family, r.modality) for r in rows if r.label == 1)
     for attack in ("copy-move", "injection"):
@@ -163,14 +201,35 @@ def test_min_rows_fills_every_cell(lab_set: LabSet, tmp_path: Path) -> None:  # 
                 assert cells[(attack, family, modality)] >= 4, cells
 
 
-def test_cli_family_b_writes_family_b_montages(lab_set: LabSet, tmp_path: Path,  # noqa: F811
-                                               capsys: pytest.CaptureFixture) -> None:
-    code = main(["tamper", "--in", str(lab_set.genuine), "--out", str(tmp_path / "o"),
-                 "--attack", "copy-move", "--family", "B", "--count", "2", "--seed", "9",
-                 "--montages", str(tmp_path / "m")])
+def test_cli_family_b_writes_family_b_montages(
+    lab_set: LabSet,
+    tmp_path: Path,  # noqa: F811
+    capsys: pytest.CaptureFixture,
+) -> None:
+    code = main(
+        [
+            "tamper",
+            "--in",
+            str(lab_set.genuine),
+            "--out",
+            str(tmp_path / "o"),
+            "--attack",
+            "copy-move",
+            "--family",
+            "B",
+            "--count",
+            "2",
+            "--seed",
+            "9",
+            "--montages",
+            str(tmp_path / "m"),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
-        "copy-move-b-mr.png", "copy-move-b.png"]
+        "copy-move-b-mr.png",
+        "copy-move-b.png",
+    ]
     rows = read_manifest(tmp_path / "o" / BTD_MANIFEST)
     fakes = [r for r in rows if r.label == 1]
     assert {r.family for r in fakes} == {"B"}

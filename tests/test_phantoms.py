@@ -56,8 +56,16 @@ def test_geometry_consistent_across_series(tmp_path: Path, modality: str) -> Non
     dss = [pydicom.dcmread(f) for f in files]
     ref = dss[0]
     for ds in dss:
-        for kw in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "PatientID",
-                   "Rows", "Columns", "SliceThickness", "Modality"):
+        for kw in (
+            "StudyInstanceUID",
+            "SeriesInstanceUID",
+            "FrameOfReferenceUID",
+            "PatientID",
+            "Rows",
+            "Columns",
+            "SliceThickness",
+            "Modality",
+        ):
             assert ds[kw].value == ref[kw].value, kw
         assert list(ds.ImageOrientationPatient) == list(ref.ImageOrientationPatient)
         assert list(ds.PixelSpacing) == list(ref.PixelSpacing)
@@ -97,8 +105,7 @@ def test_ct_looks_like_a_chest(tmp_path: Path) -> None:
 def test_vessels_continue_between_slices() -> None:
     """Adjacent slices share anatomy: their lung masks and vessels overlap strongly."""
     study = generate_study("CT", 3, seed=4, size=128)
-    hu = [np.frombuffer(d.PixelData, np.uint16).reshape(128, 128) - 1024.0
-          for d in study.datasets]
+    hu = [np.frombuffer(d.PixelData, np.uint16).reshape(128, 128) - 1024.0 for d in study.datasets]
     dense = [(h > -500) for h in hu]
     overlap = (dense[0] & dense[1]).sum() / max(dense[0].sum(), 1)
     assert overlap > 0.85
@@ -161,8 +168,9 @@ def _radial_power(noise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _protocol(kernel: str, mas: float = 200.0, thickness: float = 1.25):  # noqa: ANN202
     from detector.lab.scanner import Protocol
 
-    return Protocol("CT", thickness, thickness, 0.0, 60.0, 0.0, kernel=kernel, mas=mas,
-                    attenuation_per_mm=0.008)
+    return Protocol(
+        "CT", thickness, thickness, 0.0, 60.0, 0.0, kernel=kernel, mas=mas, attenuation_per_mm=0.008
+    )
 
 
 def test_ct_noise_follows_the_kernel_noise_power_spectrum() -> None:
@@ -172,8 +180,13 @@ def test_ct_noise_follows_the_kernel_noise_power_spectrum() -> None:
     water = np.full((256, 256), 0.0)  # uniform water: the thickness map is flat enough
     spectra = {}
     for kernel in ("SOFT", "STANDARD", "LUNG"):
-        n = np.mean([_radial_power(ct_noise(np.random.default_rng(s), water, _protocol(kernel),
-                                            0.7))[1] for s in range(6)], axis=0)
+        n = np.mean(
+            [
+                _radial_power(ct_noise(np.random.default_rng(s), water, _protocol(kernel), 0.7))[1]
+                for s in range(6)
+            ],
+            axis=0,
+        )
         f, _ = _radial_power(water)
         spectra[kernel] = n
         model = noise_power_spectrum(KERNELS[kernel], f)
@@ -191,8 +204,10 @@ def test_ct_noise_level_follows_dose_thickness_and_body_size() -> None:
     from detector.lab.scanner import ct_noise
 
     water = np.full((128, 128), 0.0)
-    std = {mas: ct_noise(np.random.default_rng(1), water, _protocol("STANDARD", mas), 0.7).std()
-           for mas in (50.0, 200.0)}
+    std = {
+        mas: ct_noise(np.random.default_rng(1), water, _protocol("STANDARD", mas), 0.7).std()
+        for mas in (50.0, 200.0)
+    }
     assert std[50.0] / std[200.0] == pytest.approx(2.0, rel=0.1)  # sigma ~ 1/sqrt(mAs)
     thin = ct_noise(np.random.default_rng(1), water, _protocol("STANDARD", thickness=1.0), 0.7)
     thick = ct_noise(np.random.default_rng(1), water, _protocol("STANDARD", thickness=3.0), 0.7)
@@ -237,8 +252,10 @@ def test_phantom_slices_carry_the_series_kernel(tmp_path: Path) -> None:
 def test_protocols_vary_between_series() -> None:
     studies = [generate_study("CT", 1, seed=s, size=64) for s in range(10)]
     kernels = {str(s.datasets[0].ConvolutionKernel) for s in studies}
-    geometry = {(float(s.datasets[0].SliceThickness), float(s.datasets[0].SpacingBetweenSlices))
-                for s in studies}
+    geometry = {
+        (float(s.datasets[0].SliceThickness), float(s.datasets[0].SpacingBetweenSlices))
+        for s in studies
+    }
     mas = {int(s.datasets[0].Exposure) for s in studies}
     assert kernels == {"SOFT", "STANDARD", "LUNG"}
     assert len(geometry) >= 3 and len(mas) >= 8

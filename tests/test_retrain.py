@@ -172,8 +172,12 @@ def test_schedule_fires_coalesces_missed_runs_and_skips_stale_ones(
     runs: list[tuple[str, str | None, datetime]] = []
     settings = RetrainSettings(cron="0 2 * * *", misfire_grace_hours=12)
     sched = RetrainScheduler(
-        db, settings, lambda trigger, actor: runs.append((trigger, actor, clock())),
-        timezone=UTC, executor=DebugExecutor(), scheduler_class=_ManualScheduler,
+        db,
+        settings,
+        lambda trigger, actor: runs.append((trigger, actor, clock())),
+        timezone=UTC,
+        executor=DebugExecutor(),
+        scheduler_class=_ManualScheduler,
     )
     sched.start()
     try:

@@ -87,9 +87,19 @@ def test_first_install_bootstrap_gives_production_models_and_verdicts_to_waiting
 
     started = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "tamperscan.cli", "retrain", "--bootstrap",
-         "--config", str(tmp_path / "config.toml")],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "tamperscan.cli",
+            "retrain",
+            "--bootstrap",
+            "--config",
+            str(tmp_path / "config.toml"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     seconds = time.monotonic() - started
     assert done.returncode == 0, done.stdout + done.stderr
@@ -103,9 +113,7 @@ def test_first_install_bootstrap_gives_production_models_and_verdicts_to_waiting
     deadline = time.monotonic() + 30
     while len(service.models.describe()) < 2 and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert {m["registry_version"] for m in service.models.describe()} == {
-        v.id for v in production
-    }
+    assert {m["registry_version"] for m in service.models.describe()} == {v.id for v in production}
     for uid in waiting:  # re-scored once the models arrived: a real verdict now
         deadline = time.monotonic() + 60
         while (verdict := _verdict(service, uid)).outcome == "not_scored":
