@@ -138,8 +138,8 @@ def test_same_seed_same_tampering(lab_set: LabSet, tmp_path: Path) -> None:  # n
 
 
 def test_cli_errors_are_clean(
-    lab_set: LabSet,
-    tmp_path: Path,  # noqa: F811
+    lab_set: LabSet,  # noqa: F811
+    tmp_path: Path,
     capsys: pytest.CaptureFixture,
 ) -> None:
     code = main(

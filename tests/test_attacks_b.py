@@ -110,8 +110,8 @@ def test_whitebox_lowers_the_targeted_detectors_score(lab_set: LabSet) -> None: 
 
 
 def test_whitebox_refuses_without_a_checkpoint(
-    lab_set: LabSet,
-    tmp_path: Path,  # noqa: F811
+    lab_set: LabSet,  # noqa: F811
+    tmp_path: Path,
     capsys: pytest.CaptureFixture,
 ) -> None:
     with pytest.raises(TamperError, match="--target-model CKPT for CT, MR"):
@@ -162,9 +162,10 @@ def test_harmonic_fill_is_smooth_and_poisson_clone_keeps_the_source_gradient() -
     source = np.sin(xx / 3.0) * 10
     cloned = poisson_fill(np.zeros_like(plane), hole, guidance=source + 50.0)
     inner = disc(plane.shape, 20, 20, 6)
-    lap = lambda a: (
-        4 * a - np.roll(a, 1, 0) - np.roll(a, -1, 0) - np.roll(a, 1, 1) - np.roll(a, -1, 1)
-    )  # noqa: E731,E501
+
+    def lap(a: np.ndarray) -> np.ndarray:
+        return 4 * a - np.roll(a, 1, 0) - np.roll(a, -1, 0) - np.roll(a, 1, 1) - np.roll(a, -1, 1)
+
     np.testing.assert_allclose(lap(cloned)[inner], lap(source)[inner], atol=1e-6)
 
 
@@ -202,8 +203,8 @@ def test_min_rows_fills_every_cell(lab_set: LabSet, tmp_path: Path) -> None:  # 
 
 
 def test_cli_family_b_writes_family_b_montages(
-    lab_set: LabSet,
-    tmp_path: Path,  # noqa: F811
+    lab_set: LabSet,  # noqa: F811
+    tmp_path: Path,
     capsys: pytest.CaptureFixture,
 ) -> None:
     code = main(

@@ -12,8 +12,9 @@ printed with the config key that moves it.
 no production model yet; the promotion gate still applies.
 
 Exit status: 0 trained (and, with --bootstrap, promoted); 1 the run failed; 2 usage,
-configuration, or no database where the config points (never created here); 3 another run holds the lock; 4 nothing was trained (or, with --bootstrap,
-nothing promoted): the lines above say which filter or gate limit stopped it.
+configuration, or no database where the config points (never created here); 3 another run
+holds the lock; 4 nothing was trained (or, with --bootstrap, nothing promoted): the lines
+above say which filter or gate limit stopped it.
 """
 
 from __future__ import annotations
