@@ -5,13 +5,12 @@ given the verdict the scorer would record (regions on every slice, the injected 
 with heatmaps, 3-D finding numbers). The test logs in, opens the study, finds the one finding
 card with its crops, heatmap and colour scale, jumps the viewer to the flagged slice and
 scrolls it, marks the finding confirmed tampered, and checks the page weight (< 2 MB with every
-image it loads) and that no page scrolls sideways at 1,280 px. With TAMPERSCAN_UPDATE_DOCS=1 it
-writes the screenshots in docs/.
+image it loads) and that no page scrolls sideways at 1,280 px. The screenshots in docs/ come
+from tests/test_admin_real_study.py, where the real pipeline scored the study.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from pathlib import Path
@@ -27,7 +26,6 @@ from tests.admin_helpers import (
     resend_changed,
     store_tampered_study,
 )
-from tests.dicom_helpers import REPO
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = [
@@ -130,9 +128,8 @@ def test_triage_a_tampered_study_in_chromium(service_factory: Any, tmp_path: Pat
         page.wait_for_function(
             "Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)"
         )
-        # docs/admin-study.png comes from a really scored study (test_admin_real_study.py).
-        shots = {"fixture-study.png": tmp_path / "study.png"}
-        page.screenshot(path=str(shots["fixture-study.png"]), full_page=True)
+        shots = {"study": tmp_path / "study.png"}
+        page.screenshot(path=str(shots["study"]), full_page=True)
 
         card.locator("button.mark-tampered").click()
         expect(page.locator(".flash.ok")).to_contain_text("marked confirmed tampered")
@@ -159,7 +156,4 @@ def test_triage_a_tampered_study_in_chromium(service_factory: Any, tmp_path: Pat
         browser.close()
     for shot in shots.values():
         assert shot.stat().st_size > 10_000
-    if os.environ.get("TAMPERSCAN_UPDATE_DOCS") == "1":  # refresh the docs' screenshots
-        for name, shot in shots.items():
-            if not name.startswith("fixture-"):
-                shutil.copyfile(shot, REPO / "docs" / name)
+    # The docs' screenshots come from a really scored study: tests/test_admin_real_study.py.

@@ -4,8 +4,8 @@ No fixture verdict here: a tamper-lab copy-move study (pasted tissue, exact copi
 DICOM to an in-process service with no trained model; the worker scores it with the default
 forensic checks and records the verdict, regions, heatmaps and 3-D findings; Chromium then opens
 the study page and finds the findings with their crops, heatmap, colour scale and evidence of
-each check. With TAMPERSCAN_UPDATE_DOCS=1 this test writes docs/admin-study.png, so the
-screenshot in the docs shows real detector output.
+each check. With TAMPERSCAN_UPDATE_DOCS=1 this test writes the screenshots in docs/ (study
+page, dashboard, audit log), so what the docs show is real detector output.
 """
 
 from __future__ import annotations
@@ -89,9 +89,21 @@ def test_real_scored_study_in_chromium(service_factory: Any, tmp_path: Path) -> 
         page.wait_for_function(
             "Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)"
         )
-        shot = tmp_path / "study.png"
-        page.screenshot(path=str(shot), full_page=True)
+        shots = {"admin-study.png": tmp_path / "study.png"}
+        page.screenshot(path=str(shots["admin-study.png"]), full_page=True)
+        page.goto(f"{base}/")
+        expect(page.locator("#status")).not_to_contain_text("All clear")  # a tampered study
+        _no_sideways_scroll(page)
+        shots["admin-dashboard.png"] = tmp_path / "dashboard.png"
+        page.screenshot(path=str(shots["admin-dashboard.png"]), full_page=True)
+        page.goto(f"{base}/audit")
+        expect(page.locator("table.audit")).to_contain_text("verdict.recorded")
+        _no_sideways_scroll(page)
+        shots["admin-audit.png"] = tmp_path / "audit.png"
+        page.screenshot(path=str(shots["admin-audit.png"]), full_page=False)
         browser.close()
-    assert shot.stat().st_size > 10_000
+    for shot in shots.values():
+        assert shot.stat().st_size > 10_000
     if os.environ.get("TAMPERSCAN_UPDATE_DOCS") == "1":
-        shutil.copyfile(shot, REPO / "docs" / "admin-study.png")
+        for name, shot in shots.items():
+            shutil.copyfile(shot, REPO / "docs" / name)

@@ -121,7 +121,7 @@ def test_stuck_jobs_and_modalities_without_a_model(world: dict[str, Any]) -> Non
     login(bare, "victor")
     page = bare.get("/").text
     assert 'href="/studies?modality=CT&amp;verdict=not_scored" id="tile-models"' in page
-    assert "no model for CT, which is arriving" in page
+    assert "no trained model for CT, which is arriving" in page
     with service.db.session() as session:
         session.execute(update(Job).where(Job.study_version == 99).values(state="superseded"))
 
