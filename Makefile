@@ -1,5 +1,6 @@
 # Two entry points: `make serve` (set up, then run the service on config.toml) and
-# `make test` (set up, install the DICOM peers the tests talk to, lint, run every test).
+# `make test` (set up, install the DICOM peers the tests talk to, lint and format check, run
+# every test; on CI, CI=true, a skipped test fails the run).
 VENV ?= .venv
 PYTHON ?= python3
 
@@ -21,6 +22,7 @@ serve: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 test: setup system-deps lint
 	$(VENV)/bin/pytest

@@ -1,9 +1,11 @@
 """Logins, roles, sessions and CSRF for the admin web report.
 
 - Passwords: argon2id (argon2-cffi); unknown users cost the same time as known ones.
-- Sessions: a signed cookie (itsdangerous) holding a random nonce, the user id and a fingerprint
-  of the password hash, so changing a password or removing the user ends its sessions. The
-  cookie is HttpOnly, SameSite=Lax, and Secure over HTTPS (``[admin] cookie_secure``).
+- Sessions: Starlette's ``SessionMiddleware`` (a signed cookie) holding a random nonce, the user
+  id, the login time and a fingerprint of the password hash, so changing a password or removing
+  the user ends its sessions, and a session ends ``session_hours`` after login whatever the
+  cookie says. The cookie is HttpOnly, SameSite=Lax, and Secure over HTTPS
+  (``[admin] cookie_secure``); it is only set once a page needs a CSRF token or a login.
 - CSRF: every state-changing request carries ``HMAC(secret, nonce)`` as a form field or the
   ``X-CSRF-Token`` header; the nonce is renewed at login (no session fixation).
 - Throttling: after ``login_max_failures`` wrong passwords per user name or client address,
@@ -21,14 +23,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from fastapi import Request
-from itsdangerous import BadSignature, URLSafeTimedSerializer
-from starlette.datastructures import MutableHeaders
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from admin.settings import AdminSettings
 from storage.db import Database
@@ -135,7 +135,8 @@ class LoginThrottle:
             self._failures.pop(key, None)
 
 
-def _fingerprint(password_hash: str) -> str:
+def password_fingerprint(password_hash: str) -> str:
+    """What a session keeps of the password hash: a new password ends the old sessions."""
     return hashlib.sha256(password_hash.encode()).hexdigest()[:16]
 
 
@@ -152,76 +153,48 @@ class Auth:
         self.db = db
         self.settings = settings
         path = settings.session_secret_file or (data_dir / "admin" / "session.key")
-        self._secret = load_or_create_secret(path)
-        self._signer = URLSafeTimedSerializer(self._secret, salt="tamperscan-admin-session")
+        self.secret = load_or_create_secret(path)
         self.max_age_s = int(settings.session_hours * 3600)
         self.throttle = LoginThrottle(settings.login_max_failures, settings.login_lockout_s, clock)
 
-    # -- the cookie ------------------------------------------------------------------------
-
-    def load(self, raw: str | None) -> dict[str, Any] | None:
-        if not raw:
-            return None
-        try:
-            data = self._signer.loads(raw, max_age=self.max_age_s)
-        except BadSignature:
-            return None
-        return data if isinstance(data, dict) and isinstance(data.get("n"), str) else None
-
-    def cookie_header(self, session: dict[str, Any], scheme: str) -> str:
-        secure = self.settings.cookie_secure == "always" or (
-            self.settings.cookie_secure == "auto" and scheme == "https"
-        )
-        parts = [
-            f"{COOKIE}={self._signer.dumps(session)}",
-            "Path=/",
-            f"Max-Age={self.max_age_s}",
-            "HttpOnly",
-            "SameSite=Lax",
-        ]
-        if secure:
-            parts.append("Secure")
-        return "; ".join(parts)
-
     # -- who is asking ----------------------------------------------------------------------
-
-    @staticmethod
-    def session(request: Request) -> dict[str, Any]:
-        return request.state.session  # set by SessionMiddleware
 
     def start_session(self, request: Request, user: User) -> None:
         """A fresh nonce at login: a token planted before login is worthless afterwards."""
-        request.state.session = {
-            "n": secrets.token_urlsafe(16),
-            "u": user.id,
-            "f": _fingerprint(user.password_hash),
-        }
-        request.state.session_changed = True
+        session = request.session
+        session.clear()  # marks the session changed, so the new cookie is sent
+        session["n"] = secrets.token_urlsafe(16)
+        session["u"] = user.id
+        session["f"] = password_fingerprint(user.password_hash)
+        session["t"] = int(time.time())
 
     def end_session(self, request: Request) -> None:
-        request.state.session = {"n": secrets.token_urlsafe(16)}
-        request.state.session_changed = True
+        request.session.clear()
+        request.session["n"] = secrets.token_urlsafe(16)
 
     def current_user(self, request: Request) -> CurrentUser | None:
         cached = getattr(request.state, "user", False)
         if cached is not False:
             return cached
-        data = self.session(request)
-        user_id = data.get("u")
+        data = request.session
+        user_id, login_at = data.get("u"), data.get("t")
         found: CurrentUser | None = None
-        if isinstance(user_id, int):
+        fresh = isinstance(login_at, int) and 0 <= time.time() - login_at < self.max_age_s
+        if isinstance(user_id, int) and fresh:
             with self.db.reading() as session:
                 user = session.get(User, user_id)
             if user is not None and hmac.compare_digest(
-                _fingerprint(user.password_hash), str(data.get("f", ""))
+                password_fingerprint(user.password_hash), str(data.get("f", ""))
             ):
                 found = CurrentUser(user.id, user.username, user.role)
         request.state.user = found
         return found
 
     def csrf_token(self, request: Request) -> str:
-        nonce = self.session(request)["n"]
-        return hmac.new(self._secret, f"csrf:{nonce}".encode(), hashlib.sha256).hexdigest()
+        nonce = request.session.get("n")
+        if not isinstance(nonce, str):
+            nonce = request.session["n"] = secrets.token_urlsafe(16)
+        return hmac.new(self.secret, f"csrf:{nonce}".encode(), hashlib.sha256).hexdigest()
 
     async def check_csrf(self, request: Request) -> None:
         sent = request.headers.get(CSRF_HEADER)
@@ -260,33 +233,25 @@ class Auth:
         return self.viewer(request).username
 
 
-class SessionMiddleware:
-    """Loads the signed session cookie (or starts an anonymous one) around each request.
+class Sessions:
+    """Starlette's ``SessionMiddleware`` with the Secure flag chosen per request.
 
-    Pure ASGI and skipped for the STOW-RS endpoint, whose large bodies stream untouched.
+    ``cookie_secure = "auto"`` means Secure exactly when the request came over HTTPS, which one
+    ``SessionMiddleware`` (a fixed ``https_only``) cannot say: two are kept, one per scheme.
     """
 
-    def __init__(self, app: ASGIApp, auth: Auth, skip_prefixes: tuple[str, ...] = ()) -> None:
-        self.app = app
-        self.auth = auth
-        self.skip = skip_prefixes
+    def __init__(self, app: ASGIApp, auth: Auth) -> None:
+        secret = auth.secret.decode("latin-1")
+        common = {
+            "secret_key": secret,
+            "session_cookie": COOKIE,
+            "max_age": auth.max_age_s,
+            "same_site": "lax",
+        }
+        mode = auth.settings.cookie_secure
+        self.plain = SessionMiddleware(app, https_only=mode == "always", **common)  # type: ignore[arg-type]
+        self.secure = SessionMiddleware(app, https_only=mode != "never", **common)  # type: ignore[arg-type]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"].startswith(self.skip):
-            await self.app(scope, receive, send)
-            return
-        request = Request(scope)
-        session = self.auth.load(request.cookies.get(COOKIE))
-        state = scope.setdefault("state", {})
-        state["session_changed"] = session is None
-        state["session"] = session or {"n": secrets.token_urlsafe(16)}
-
-        async def send_with_cookie(message: Message) -> None:
-            if message["type"] == "http.response.start" and state.get("session_changed"):
-                headers = MutableHeaders(scope=message)
-                headers.append(
-                    "set-cookie", self.auth.cookie_header(state["session"], scope["scheme"])
-                )
-            await send(message)
-
-        await self.app(scope, receive, send_with_cookie)
+        https = scope.get("scheme") in ("https", "wss")
+        await (self.secure if https else self.plain)(scope, receive, send)

@@ -4,6 +4,11 @@ Routers plug into the app: the DICOMweb STOW-RS endpoint (``scp.dicomweb``) now,
 web report later, so every HTTP feature shares one port (``[admin] host, port``) and one
 lifecycle. The server runs in its own thread with its own event loop; ``stop`` asks it to
 finish the requests in flight and waits for it.
+
+Proxy headers (``X-Forwarded-For``, ``X-Forwarded-Proto``) are believed only from the
+configured ``trusted_proxies``; by default from nobody, so the client address that STOW-RS
+allow-lists, login throttling and the audit trail see is the socket's peer. (uvicorn's own
+default trusts them from 127.0.0.1, which would let any local process claim any address.)
 """
 
 from __future__ import annotations
@@ -35,7 +40,14 @@ def create_app(routers: Sequence[APIRouter] = (), title: str = "TamperScan") -> 
 class HttpServer:
     """uvicorn in a background thread, with a bound port to read and a clean stop."""
 
-    def __init__(self, app: FastAPI, host: str, port: int, graceful_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        app: FastAPI,
+        host: str,
+        port: int,
+        graceful_s: float = 10.0,
+        trusted_proxies: Sequence[str] = (),
+    ) -> None:
         config = uvicorn.Config(
             app,
             host=host,
@@ -44,6 +56,8 @@ class HttpServer:
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=int(graceful_s),
+            proxy_headers=bool(trusted_proxies),
+            forwarded_allow_ips=list(trusted_proxies),
         )
         self._server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None

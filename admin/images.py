@@ -1,10 +1,15 @@
 """Slice PNGs for the report, rendered on the server from the stored DICOM files.
 
-Files are found through the index (``storage.admin_queries``), never from a UID in a URL.
+Files are found through the index (``storage.admin_images``), never from a UID in a URL.
 CT is shown through the dataset's own window when it has one, else a window wide enough for
 lungs and soft tissue; MR through its 0.5-99.5 percentile range. A region overlay draws the
 detector's heatmap (its patch is centred on the region, in slice pixels) as a transparent
 colour map and the region as a circle.
+
+The receiver accepts every instance that is well formed, not only ones these renderers know:
+whatever cannot be shown (an unusable Modality LUT, a colour or odd-shaped image, a
+compressed file without a decoder) raises ``ImageError``, which the routes answer with 422;
+nothing here may fail with another exception.
 """
 
 from __future__ import annotations
@@ -34,13 +39,28 @@ def _window(ds: pydicom.Dataset, modality: str) -> tuple[float, float] | None:
     if centre is not None and width is not None:
         centre = centre[0] if isinstance(centre, pydicom.multival.MultiValue) else centre
         width = width[0] if isinstance(width, pydicom.multival.MultiValue) else width
-        if float(width) > 1:
-            return float(centre), float(width)
+        try:
+            low, span = float(centre), float(width)
+        except (TypeError, ValueError):  # an empty or non-numeric window: use ours
+            return DEFAULT_CT_WINDOW
+        if span > 1 and np.isfinite(low) and np.isfinite(span):
+            return low, span
     return DEFAULT_CT_WINDOW
 
 
-def slice_grey(path: Path, modality: str) -> np.ndarray:
-    """The slice as 8-bit grey, windowed for viewing."""
+def _modality_values(stored: np.ndarray, ds: pydicom.Dataset, name: str) -> np.ndarray:
+    """Stored values through the Modality LUT or rescale, as float32."""
+    try:
+        values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float32)
+    except Exception as exc:  # a one-entry or malformed LUT, a non-numeric rescale
+        raise ImageError(f"{name}: its Modality LUT or rescale cannot be applied: {exc}") from exc
+    if values.shape != stored.shape or not np.isfinite(values).any():
+        raise ImageError(f"{name}: the Modality LUT gives no usable values")
+    return values
+
+
+def slice_grey(path: Path, modality: str, window: tuple[float, float] | None = None) -> np.ndarray:
+    """The slice as 8-bit grey, through ``window`` (centre, width) or its own window."""
     try:
         ds = pydicom.dcmread(path)
         stored = ds.pixel_array
@@ -50,12 +70,15 @@ def slice_grey(path: Path, modality: str) -> np.ndarray:
         stored = stored[stored.shape[0] // 2]  # multi-frame: the middle frame
     if stored.ndim != 2:
         raise ImageError(f"{path.name}: not a greyscale slice (shape {stored.shape})")
-    values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float32)
-    window = _window(ds, modality)
+    if stored.size == 0:
+        raise ImageError(f"{path.name}: the image is empty")
+    values = _modality_values(stored, ds, path.name)
+    window = window or _window(ds, modality)
     if window is not None:
         low, high = window[0] - window[1] / 2, window[0] + window[1] / 2
     else:
-        low, high = (float(v) for v in np.percentile(values, (0.5, 99.5)))
+        finite = values[np.isfinite(values)]
+        low, high = (float(v) for v in np.percentile(finite, (0.5, 99.5)))
     scaled = (values - low) / max(high - low, 1e-6)
     grey = np.clip(scaled * 255, 0, 255).astype(np.uint8)
     if str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1":
@@ -69,8 +92,13 @@ def png(image: Image.Image) -> bytes:
     return out.getvalue()
 
 
-def slice_png(path: Path, modality: str, max_size: int | None = None) -> bytes:
-    image = Image.fromarray(slice_grey(path, modality))
+def slice_png(
+    path: Path,
+    modality: str,
+    max_size: int | None = None,
+    window: tuple[float, float] | None = None,
+) -> bytes:
+    image = Image.fromarray(slice_grey(path, modality, window))
     if max_size and max(image.size) > max_size:
         image.thumbnail((max_size, max_size))
     return png(image)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork
 
 
 class AdminSettings(BaseModel):
@@ -31,4 +31,19 @@ class AdminSettings(BaseModel):
     )
     metrics_token: str = Field(
         "", description="Bearer token that lets Prometheus read /metrics without logging in."
+    )
+    delivery_overdue_s: float = Field(
+        300.0,
+        gt=0,
+        description="A report delivery still pending after this long is a dashboard warning.",
+    )
+    job_stuck_s: float = Field(
+        900.0,
+        gt=0,
+        description="A scoring job queued or running longer than this counts as stuck.",
+    )
+    trusted_proxies: list[IPvAnyNetwork] = Field(
+        default_factory=list,
+        description="Reverse proxies (addresses or CIDR networks) whose X-Forwarded-For and "
+        "X-Forwarded-Proto are believed; empty: the headers are ignored from everyone.",
     )

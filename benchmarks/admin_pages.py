@@ -1,12 +1,15 @@
 """Admin report speed with many studies: median latency of the studies list and a detail page.
 
-Fills a temporary SQLite database with N studies (default 100,000; two series, 3 instances,
+Fills a temporary SQLite database (or, with ``--postgres``, a throwaway PostgreSQL cluster
+started from Debian's server binaries as tests/pg_helpers.py does; or ``--database-url``, an
+empty database of your own) with N studies (default 100,000; two series, 3 instances,
 one current verdict each, every 50th flagged with regions) using bulk inserts, then serves
 the pages through the real app (session cookie, login, templates) with FastAPI's TestClient.
 Baseline, measured in the same run: the same page of the list fetched directly through
-SQLAlchemy (``storage.admin_queries.list_studies_page``) without HTTP or rendering.
+SQLAlchemy (``storage.admin_views.list_studies_page``) without HTTP or rendering.
 
     .venv/bin/python benchmarks/admin_pages.py [--studies 100000] [--repeat 50]
+        [--postgres | --database-url postgresql+psycopg://user:pw@host/empty_db]
 """
 
 from __future__ import annotations
@@ -22,13 +25,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fastapi.testclient import TestClient  # noqa: E402
-from sqlalchemy import insert  # noqa: E402
+from sqlalchemy import event, insert  # noqa: E402
 
 from admin.auth import hash_password  # noqa: E402
 from admin.http import create_app  # noqa: E402
 from admin.report import AdminReport  # noqa: E402
 from admin.settings import AdminSettings  # noqa: E402
-from storage import admin_queries as q  # noqa: E402
+from storage import admin_views as q  # noqa: E402
 from storage.db import Database  # noqa: E402
 from storage.models import Instance, Region, Series, Study, Verdict, utcnow  # noqa: E402
 from storage.users import add_user  # noqa: E402
@@ -131,26 +134,59 @@ def fill(db: Database, n: int) -> None:
             )
 
 
-def median_ms(fn, repeat: int) -> float:  # noqa: ANN001
+class SqlTimer:
+    """Milliseconds spent inside the database driver (statement execution), summed."""
+
+    def __init__(self, db: Database) -> None:
+        self.ms = 0.0
+        event.listen(db.engine, "before_cursor_execute", self._before)
+        event.listen(db.engine, "after_cursor_execute", self._after)
+
+    def _before(self, conn, cursor, statement, params, context, many) -> None:  # noqa: ANN001
+        context._bench_t = time.perf_counter()
+
+    def _after(self, conn, cursor, statement, params, context, many) -> None:  # noqa: ANN001
+        self.ms += (time.perf_counter() - context._bench_t) * 1000
+
+
+def median_ms(fn, repeat: int, sql: SqlTimer) -> tuple[float, float]:  # noqa: ANN001
+    """Median wall time of ``fn`` and the median time its SQL statements took."""
     fn()  # warm-up
-    times = []
+    times, sql_times = [], []
     for _ in range(repeat):
+        sql.ms = 0.0
         t = time.perf_counter()
         fn()
         times.append((time.perf_counter() - t) * 1000)
-    return statistics.median(times)
+        sql_times.append(sql.ms)
+    return statistics.median(times), statistics.median(sql_times)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--studies", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=50)
+    backend = parser.add_mutually_exclusive_group()
+    backend.add_argument("--postgres", action="store_true", help="a throwaway PostgreSQL cluster")
+    backend.add_argument("--database-url", help="an empty database to fill (it is not dropped)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="tamperscan-bench-"))
-    db = Database(f"sqlite:///{tmp / 'bench.db'}")
+    server = None
+    url = args.database_url or f"sqlite:///{tmp / 'bench.db'}"
+    if args.postgres:
+        from tests.pg_helpers import PostgresServer
+
+        server = PostgresServer()
+        server.start()
+        url = server.new_database(migrated=False)
+    db = Database(url)
     db.migrate()
+    print(f"database: {db.engine.dialect.name}")
     t = time.perf_counter()
     fill(db, args.studies)
+    if db.engine.dialect.name == "postgresql":  # what autovacuum does soon after a bulk load
+        with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql("VACUUM ANALYZE")
     print(f"inserted {args.studies} studies in {time.perf_counter() - t:.1f} s")
     with db.session() as session:
         add_user(session, "bench", hash_password("bench-password"), "viewer", utcnow(), "bench")
@@ -176,24 +212,25 @@ def main() -> None:
         return get
 
     flagged = (args.studies // 50) * 50 or 1
-    results = {
-        "baseline: list query via SQLAlchemy, no HTTP/rendering": median_ms(direct, args.repeat),
-        "GET /studies (page 1, 50 rows)": median_ms(page("/studies"), args.repeat),
-        "GET /studies?verdict=tampered&modality=CT": median_ms(
-            page("/studies?verdict=tampered&modality=CT"), args.repeat
-        ),
-        "GET /studies?patient=P0012&page=3": median_ms(
-            page("/studies?patient=P0012&page=3"), args.repeat
-        ),
-        "GET /api/studies": median_ms(page("/api/studies"), args.repeat),
-        f"GET /studies/{flagged} (flagged, 20 regions)": median_ms(
-            page(f"/studies/{flagged}"), args.repeat
-        ),
+    sql = SqlTimer(db)
+    pages = {
+        "baseline: list query via SQLAlchemy, no HTTP/rendering": direct,
+        "GET /studies (page 1, 50 rows)": page("/studies"),
+        "GET /studies?verdict=tampered&modality=CT": page("/studies?verdict=tampered&modality=CT"),
+        "GET /studies?patient=P0012&page=3": page("/studies?patient=P0012&page=3"),
+        "GET /api/studies": page("/api/studies"),
+        f"GET /studies/{flagged} (flagged, 20 regions)": page(f"/studies/{flagged}"),
     }
-    baseline = next(iter(results.values()))
-    for name, ms in results.items():
-        print(f"{name:<58} median {ms:7.1f} ms   {ms / baseline:5.1f}x baseline")
+    results = {name: median_ms(fn, args.repeat, sql) for name, fn in pages.items()}
+    baseline = next(iter(results.values()))[0]
+    for name, (ms, sql_ms) in results.items():
+        print(
+            f"{name:<58} median {ms:7.1f} ms (SQL {sql_ms:6.1f} ms)   "
+            f"{ms / baseline:5.1f}x baseline"
+        )
     db.dispose()
+    if server is not None:
+        server.stop()
 
 
 if __name__ == "__main__":

@@ -91,8 +91,12 @@ def main(argv: list[str] | None = None) -> int:
         precision = resolve_precision(requested.strip(), device)
         if precision not in runners:
             runners[precision] = BTDDetector(
-                copy.deepcopy(diffusion), default_preprocessing(args.modality), scoring,
-                device=device, precision=precision, batch_size=args.batch_size,
+                copy.deepcopy(diffusion),
+                default_preprocessing(args.modality),
+                scoring,
+                device=device,
+                precision=precision,
+                batch_size=args.batch_size,
             )
 
     # Warm-up, then interleaved rounds; the best round of each is reported, which is robust
@@ -116,9 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     ref_scores = reduce_residual(ref_maps, scoring)
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"device {device} ({name}), threads {torch.get_num_threads()}, {args.modality} "
-          f"patch {size}, {n} patches, best of {args.rounds} rounds, Unet dim 32 mults "
-          f"(1,2,4,8), t=0, reduction mse")
+    print(
+        f"device {device} ({name}), threads {torch.get_num_threads()}, {args.modality} "
+        f"patch {size}, {n} patches, best of {args.rounds} rounds, Unet dim 32 mults "
+        f"(1,2,4,8), t=0, reduction mse"
+    )
     ref_time = best["reference"]
     print(f"reference p_sample fp32 batch 1: {n / ref_time:8.2f} patches/s")
     ok = True
@@ -134,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
             f"ours {precision} batch {detector.batch_size}: {n / ours_time:8.2f} patches/s, "
             f"{ref_time / ours_time:5.2f}x reference; max score rel diff {rel:.2e} "
             f"(tol {rtol:g}), max map abs diff {diff:.2e}"
-            + (f" (tol {atol:g})" if atol else "") + (" OK" if agree else " DISAGREE")
+            + (f" (tol {atol:g})" if atol else "")
+            + (" OK" if agree else " DISAGREE")
         )
     return 0 if ok else 1
 

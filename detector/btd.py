@@ -33,7 +33,6 @@ the hardware supports it. ``benchmarks/scoring.py`` checks it agrees with ``p_sa
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +44,8 @@ from detector.btd_config import DEFAULT_PATCH, BTDModelConfig, BTDScoring
 from detector.calibration import Calibration
 from detector.checkpoint import Checkpoint, load_checkpoint
 from detector.device import autocast, default_batch_size, resolve_device, resolve_precision
-from detector.interface import Location, RegionScore
-from detector.preprocess import Preprocessing, patches_for
+from detector.learned import LearnedDetector, require_model
+from detector.preprocess import Preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +235,7 @@ def reduce_residual(residual: np.ndarray | torch.Tensor, scoring: BTDScoring) ->
     return r.square().mean(dim=(-2, -1)).double().cpu().numpy()
 
 
-class BTDDetector:
+class BTDDetector(LearnedDetector):
     """BTD behind the :class:`detector.interface.Detector` contract. Load once, reuse."""
 
     name = "btd"
@@ -263,10 +262,6 @@ class BTDDetector:
         self.step = OneStep(diffusion, self.scoring.t, device, precision)
         self.batch_size = batch_size or default_batch_size(self.step.device)
         self.info = dict(info or {})
-
-    @property
-    def modality(self) -> str:
-        return self.prep.modality
 
     @property
     def diffusion(self) -> nn.Module:
@@ -301,18 +296,6 @@ class BTDDetector:
         """Raw scores and residual maps for preprocessed patches."""
         maps = self.residual_maps(patches)
         return reduce_residual(maps, self.scoring), maps
-
-    def score(self, locations: Sequence[Location]) -> list[RegionScore]:
-        if not locations:
-            return []
-        scores, maps = self.score_patches(patches_for(locations, self.prep))
-        return [RegionScore(score=float(s), heatmap=m) for s, m in zip(scores, maps, strict=True)]
-
-    def p_values(self, scores: Sequence[float] | np.ndarray) -> np.ndarray:
-        """Calibrated tail probabilities; raises if the checkpoint carries no calibration."""
-        if self.calibration is None:
-            raise ValueError("this BTD checkpoint carries no calibration (released weights do not)")
-        return self.calibration.p_values(scores)
 
 
 def default_preprocessing(modality: str, patch_size: int | None = None) -> Preprocessing:
@@ -374,12 +357,7 @@ def btd_from_checkpoint(
 
 def create(model_path: Path | str | None, modality: str | None = None) -> Any:
     """Registry factory ``(model_path, modality) -> Detector`` (see :mod:`detector.registry`)."""
-    if model_path is None:
-        raise ValueError(
-            f"the BTD detector needs a checkpoint for {modality or 'this modality'}: "
-            "give one with --model (tamperscan train writes them)"
-        )
-    return load_btd(str(model_path), modality)
+    return load_btd(require_model(model_path, "BTD detector", modality), modality)
 
 
 __all__ = [

@@ -16,8 +16,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
+
+TAIL_FRACTION = 0.1  # share of held-out scores above the tail threshold
 
 
 @dataclass(frozen=True)
@@ -46,42 +49,56 @@ class Calibration:
         at_least = n - np.searchsorted(self.genuine_scores, s, side="left")
         return (1.0 + at_least) / (n + 1.0)
 
-    def tail_p_values(
-        self, scores: Sequence[float] | np.ndarray, tail_fraction: float = 0.1
-    ) -> np.ndarray:
-        """Like ``p_values``, with a fitted tail beyond the largest held-out scores.
+    @cached_property
+    def tail(self) -> tuple[float, int, float, float] | None:
+        """The fitted tail ``(u, k, shape, scale)``, fitted once per calibration, or None.
 
-        A study check takes the smallest p over hundreds of regions (Bonferroni), so it needs
-        p-values far below 1/(n+1), which no empirical null of n scores can give. Above the
-        threshold u (the top ``tail_fraction`` of held-out scores) the exceedances are fitted
-        with a generalised Pareto distribution (peaks over threshold; a fitted shape below 0,
-        a tail that ends, is replaced by the exponential tail, and shapes above 0.5 are
-        clipped), and ``p(s) = k/(n+1) * sf(s - u)``.
-        Below u this equals the conformal p-value. Fewer than 40 held-out scores: no tail.
+        Above the threshold u (the top ~10 % of held-out scores, at least 20 of them) the
+        exceedances are fitted with a generalised Pareto distribution (peaks over threshold).
+        A fitted shape below 0 (a tail that ends) is replaced by the exponential tail (shape 0,
+        scale = mean exceedance); a heavier tail is kept as fitted. Both choices only ever make
+        p-values larger than the fit: the tail never claims more than the data support.
+        Fewer than 40 held-out scores: no tail.
         """
         from scipy import stats
 
-        s = np.asarray(scores, dtype=np.float64)
-        p = self.p_values(s)
         n = self.size
-        k = max(20, int(tail_fraction * n))
+        k = max(20, int(TAIL_FRACTION * n))
         if n < 40 or k >= n:
-            return p
+            return None
         u = float(self.genuine_scores[n - k - 1])
         excess = self.genuine_scores[n - k :] - u
         if not np.any(excess > 0):
-            return p
+            return None
         try:
             shape, _, scale = stats.genpareto.fit(excess, floc=0.0)
         except Exception:  # a degenerate sample: fall back to the exponential tail
             shape, scale = 0.0, float(excess.mean())
         if not (np.isfinite(shape) and np.isfinite(scale) and scale > 0) or shape < 0:
-            # A light or bounded tail: assume the exponential one (its MLE scale is the mean
-            # exceedance), which overstates p for lighter tails: conservative, never alarmist.
             shape, scale = 0.0, float(excess.mean())
-        shape = min(float(shape), 0.5)
+        return u, k, float(shape), float(scale)
+
+    def tail_p_values(self, scores: Sequence[float] | np.ndarray) -> np.ndarray:
+        """Like ``p_values``, with the fitted tail (:attr:`tail`) beyond the held-out scores.
+
+        A study check takes the smallest p over hundreds of regions (Bonferroni), so it needs
+        p-values below 1/(n+1), which no empirical null of n scores can give. Above u,
+        ``p(s) = k/(n+1) * sf(s - u)``, and never below the conformal p-value where the
+        score is still inside the held-out range (there the data say how rare it is). Below
+        u this equals the conformal p-value.
+        """
+        from scipy import stats
+
+        s = np.asarray(scores, dtype=np.float64)
+        p = self.p_values(s)
+        if self.tail is None:
+            return p
+        u, k, shape, scale = self.tail
+        n = self.size
         above = s > u
         tail = (k / (n + 1.0)) * stats.genpareto.sf(s[above] - u, shape, 0.0, scale)
+        inside = s[above] <= self.genuine_scores[-1]
+        tail = np.where(inside, np.maximum(tail, p[above]), tail)
         p[above] = np.maximum(tail, np.finfo(np.float64).tiny)
         return p
 
@@ -94,3 +111,23 @@ class Calibration:
     @classmethod
     def from_dict(cls, data: dict) -> Calibration:
         return cls.from_scores(data["genuine_scores"])
+
+
+@dataclass(frozen=True)
+class AnalyticNull:
+    """A null known from first principles rather than fitted: p for scores at a threshold.
+
+    Used where genuine data essentially never produce the score (an exact repeat of textured
+    blocks): ``p = p_at_or_above`` for scores >= ``threshold``, else 1. Same methods as
+    :class:`Calibration`, so scorers need not know which kind they hold.
+    """
+
+    threshold: float
+    p_at_or_above: float
+
+    def p_values(self, scores: Sequence[float] | np.ndarray) -> np.ndarray:
+        s = np.asarray(scores, dtype=np.float64)
+        return np.where(s >= self.threshold, self.p_at_or_above, 1.0)
+
+    def tail_p_values(self, scores: Sequence[float] | np.ndarray) -> np.ndarray:
+        return self.p_values(scores)

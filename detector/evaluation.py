@@ -1,10 +1,14 @@
 """The evaluation harness: score every manifest location, report what BTD/CHAIMELEON users expect.
 
 Per detector, modality and attack: ROC AUC with a bootstrap 95 % interval, and TPR at 1 % and
-5 % FPR. Positives of an attack are its tampered rows; negatives are all genuine rows of the
-same modality (half of them on real lesions in lab manifests, so "has a lesion" is no signal).
-The same code reads the BTD Kaggle layout (``.npy`` CT in HU, ``.png`` MRI, ``path, x, y, type``
-CSVs), so the paper's protocol is one command on the real test sets.
+5 % FPR (:mod:`detector.metrics`, :mod:`detector.eval_report`). Every detector's raw score is
+also turned into a calibrated p-value (learned: the checkpoint's calibration; forensic: a null
+fitted once per series) and the ``fused`` row is the serving decision's own region rule
+(:func:`detector.fusion.bonferroni`) over the serving detectors among those scored (the default
+``[detector] checks`` and the learned models; :func:`serving_set`). Positives of an
+attack are its tampered rows; negatives are all genuine rows of the same modality (half of them
+on real lesions in lab manifests, so "has a lesion" is no signal). The same code reads the BTD
+Kaggle layout (``.npy`` CT in HU, ``.png`` MRI, ``path, x, y, type`` CSVs).
 
 Outputs: ``summary.json``, ``scores.csv`` (every row and score), ``roc_<detector>_<modality>.png``.
 """
@@ -13,104 +17,29 @@ from __future__ import annotations
 
 import csv
 import json
-import math
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-from sklearn.metrics import roc_auc_score, roc_curve
 from tqdm import tqdm
 
 from detector import registry
-from detector.interface import Detector, Location, SliceImage
+from detector.calibration import Calibration
+from detector.eval_report import ScoredRow, family_of, format_table, json_safe, plot_rocs, summarize
+from detector.forensics.references import neighbours_of
+from detector.fusion import bonferroni, evidence_score
+from detector.interface import Detector, EvidenceKind, Location, SliceImage
 from detector.lab.manifest import GENUINE, ManifestRow, discover_btd_manifests, read_manifest
+from detector.metrics import BOOTSTRAP_SAMPLES, bootstrap_auc_ci, metrics, roc_auc, tpr_at_fpr
 from detector.slices import read_slice, series_files, volume_intensity_range
 
-BOOTSTRAP_SAMPLES = 1000
-FPR_POINTS = (0.01, 0.05)
+FUSED = "fused"
 
 
 class EvaluationError(ValueError):
     """User-facing problem with the evaluation input."""
 
 
-# ----------------------------------------------------------------------------- metrics
-
-
-def roc_auc(labels: Sequence[int], scores: Sequence[float]) -> float:
-    """ROC AUC (ties count one half, so identical scores give 0.5); NaN with one class only."""
-    y = np.asarray(labels)
-    if y.min(initial=1) == y.max(initial=0) or len(set(y.tolist())) < 2:
-        return math.nan
-    return float(roc_auc_score(y, np.asarray(scores, dtype=float)))
-
-
-def bootstrap_auc_ci(
-    labels: Sequence[int],
-    scores: Sequence[float],
-    n_boot: int = BOOTSTRAP_SAMPLES,
-    seed: int = 0,
-    level: float = 0.95,
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of the AUC, resampling positives and negatives separately.
-
-    Stratified resampling keeps both classes in every replicate (small attack groups would
-    otherwise lose their positives) and matches how the test sets were built: fixed counts.
-    """
-    y = np.asarray(labels)
-    s = np.asarray(scores, dtype=float)
-    pos, neg = s[y == 1], s[y == 0]
-    if pos.size == 0 or neg.size == 0:
-        return (math.nan, math.nan)
-    rng = np.random.default_rng(seed)
-    aucs = np.empty(n_boot)
-    for i in range(n_boot):
-        p = pos[rng.integers(0, pos.size, pos.size)]
-        n = np.sort(neg[rng.integers(0, neg.size, neg.size)])
-        # Mann-Whitney form of the AUC: P(pos > neg) + 0.5 P(pos == neg), by binary search.
-        below = np.searchsorted(n, p, side="left")
-        upto = np.searchsorted(n, p, side="right")
-        aucs[i] = (below.sum() + 0.5 * (upto - below).sum()) / (p.size * n.size)
-    alpha = (1 - level) / 2
-    lo, hi = np.quantile(aucs, (alpha, 1 - alpha))
-    return (float(lo), float(hi))
-
-
-def tpr_at_fpr(labels: Sequence[int], scores: Sequence[float], fpr_target: float) -> float:
-    """Highest TPR reachable with FPR <= target (no interpolation: an achievable threshold)."""
-    y = np.asarray(labels)
-    if len(set(y.tolist())) < 2:
-        return math.nan
-    fpr, tpr, _ = roc_curve(y, np.asarray(scores, dtype=float))
-    ok = fpr <= fpr_target + 1e-12
-    return float(tpr[ok].max()) if ok.any() else 0.0
-
-
-def metrics(labels: Sequence[int], scores: Sequence[float], seed: int = 0) -> dict:
-    """AUC, its bootstrap 95 % interval, TPR at 1 % and 5 % FPR, class counts."""
-    lo, hi = bootstrap_auc_ci(labels, scores, seed=seed)
-    y = np.asarray(labels)
-    out = {
-        "n_tampered": int((y == 1).sum()),
-        "n_genuine": int((y == 0).sum()),
-        "auc": roc_auc(labels, scores),
-        "auc_ci95": [lo, hi],
-    }
-    for f in FPR_POINTS:
-        out[f"tpr_at_{int(round(f * 100))}pct_fpr"] = tpr_at_fpr(labels, scores, f)
-    return out
-
-
 # ----------------------------------------------------------------------------- scoring
-
-
-@dataclass
-class ScoredRow:
-    row: ManifestRow
-    modality: str
-    score: float
 
 
 def resolve_path(data_dir: Path, row_path: str, manifest_dir: Path | None = None) -> Path:
@@ -126,30 +55,28 @@ def resolve_path(data_dir: Path, row_path: str, manifest_dir: Path | None = None
 
 
 class _SeriesCache:
-    """Holds the one series being scored (context slices and the MR volume range)."""
+    """Holds the one series being scored: its slices in order and the MR volume range."""
 
     def __init__(self) -> None:
         self.folder: Path | None = None
-        self.slices: dict[Path, SliceImage] = {}
-        self.range: tuple[float, float] | None = None
+        self.series: list[SliceImage] = []
+        self.index: dict[Path, int] = {}
 
-    def load(self, path: Path, need_context: bool) -> tuple[SliceImage, list[SliceImage]]:
+    def load(self, path: Path) -> tuple[list[SliceImage], int]:
+        """The series ``path`` belongs to and its position in it (one slice for .npy/.png)."""
         if path.suffix.lower() in (".npy", ".png"):
-            return read_slice(path), []
+            return [read_slice(path)], 0
         folder = path.parent
         if folder != self.folder:
-            self.folder, self.slices, self.range = folder, {}, None
-            self._files = series_files(folder)
-            first = read_slice(path)
-            if first.modality == "MR":
-                self.range = volume_intensity_range(self._files)
-        if need_context and len(self.slices) < len(self._files):
-            for f in self._files:
-                if f not in self.slices:
-                    self.slices[f] = read_slice(f, intensity_range=self.range)
-        image = self.slices.get(path) or read_slice(path, intensity_range=self.range)
-        context = list(self.slices.values()) if need_context else []
-        return image, context
+            files = series_files(folder)
+            first = read_slice(files[0]) if files else read_slice(path)
+            rng = volume_intensity_range(files) if first.modality == "MR" else None
+            self.folder = folder
+            self.series = [read_slice(f, intensity_range=rng) for f in files]
+            self.index = {f: k for k, f in enumerate(files)}
+        if path not in self.index:
+            return [read_slice(path)], 0
+        return self.series, self.index[path]
 
 
 def pick_model(models: Sequence[Path], name: str, modality: str) -> Path | None:
@@ -171,6 +98,18 @@ def pick_model(models: Sequence[Path], name: str, modality: str) -> Path | None:
     return fits[0] if fits else None
 
 
+def _null(det: Detector, series: list[SliceImage]) -> Calibration | None:
+    """The calibration a detector's p-values come from on this series (None: raw only).
+
+    A detector registered from outside that predates ``calibrate`` still scores; it just
+    takes no part in the fused row.
+    """
+    if getattr(det, "kind", None) == EvidenceKind.LEARNED:
+        return getattr(det, "calibration", None)
+    calibrate = getattr(det, "calibrate", None)
+    return calibrate(series) if calibrate is not None else None
+
+
 def score_rows(
     rows: Sequence[ManifestRow],
     data_dir: Path,
@@ -178,15 +117,15 @@ def score_rows(
     detector_names: Sequence[str] = (),
     models: Sequence[Path] = (),
     manifest_dir: Path | None = None,
-    batch_size: int = 16,
     progress: bool = True,
     optional_names: Sequence[str] = (),
     skipped: dict[str, str] | None = None,
 ) -> dict[str, list[ScoredRow]]:
-    """Score every row with every detector; detectors are built per modality on first need.
+    """Score every row with every detector, one series at a time; add the ``fused`` row.
 
-    A detector in ``optional_names`` whose factory fails (``--detector all`` without the
-    learned models' ``--model``) is skipped and its reason stored in ``skipped``.
+    Detectors are built per modality on first need. A detector in ``optional_names`` whose
+    factory fails (``--detector all`` without the learned models' ``--model``) is skipped and
+    its reason stored in ``skipped``.
     """
     skipped = {} if skipped is None else skipped
     resolved = [resolve_path(data_dir, r.path, manifest_dir) for r in rows]
@@ -198,6 +137,8 @@ def score_rows(
             f"(looked for {p})"
         )
     names = list(detector_names) or list((detectors or {}).keys())
+    optional = set(optional_names)
+    built: dict[tuple[str, str], Detector | None] = {}
 
     def get(name: str, modality: str) -> Detector | None:
         if detectors and name in detectors:
@@ -209,154 +150,79 @@ def score_rows(
             except registry.UnknownDetectorError:
                 raise
             except Exception as exc:  # a factory's own complaint: no model, wrong file, ...
-                if name in optional:
-                    skipped[name] = f"{modality}: {exc}"
-                    built[key] = None
-                else:
+                if name not in optional:
                     raise EvaluationError(
                         f"cannot load detector {name!r} for {modality}: {exc}"
                     ) from exc
+                skipped[name] = f"{modality}: {exc}"
+                built[key] = None
         return built[key]
 
-    optional = set(optional_names)
-    built: dict[tuple[str, str], Detector | None] = {}
-    order = sorted(range(len(rows)), key=lambda i: (str(resolved[i].parent), str(resolved[i])))
     results: dict[str, list[ScoredRow | None]] = {n: [None] * len(rows) for n in names}
     cache = _SeriesCache()
-    first_modality = rows[order[0]].modality or read_slice(resolved[order[0]]).modality
-    need_context = any(getattr(get(n, first_modality), "needs_context", False) for n in names)
+    by_folder: dict[Path, list[int]] = {}
+    for i in sorted(range(len(rows)), key=lambda i: (str(resolved[i].parent), str(resolved[i]))):
+        key = (
+            resolved[i].parent
+            if resolved[i].suffix.lower() not in (".npy", ".png")
+            else resolved[i]
+        )
+        by_folder.setdefault(key, []).append(i)
     bar = tqdm(total=len(rows) * len(names), desc="scoring", unit="loc", disable=not progress)
-    # Batches never cross a series, so one series is in memory at a time.
-    i = 0
-    while i < len(order):
-        folder = resolved[order[i]].parent
-        batch = []
-        while i < len(order) and resolved[order[i]].parent == folder and len(batch) < batch_size:
-            batch.append(order[i])
-            i += 1
+    for idx in by_folder.values():
+        series, _ = cache.load(resolved[idx[0]])
         locs: list[Location] = []
-        modalities: list[str] = []
-        for j in batch:
-            image, context = cache.load(resolved[j], need_context)
-            rows_j = rows[j]
+        for j in idx:
+            series, k = cache.load(resolved[j])
+            image, row = series[k], rows[j]
             h, w = image.pixels.shape
-            if not (0 <= rows_j.x < w and 0 <= rows_j.y < h):
+            if not (0 <= row.x < w and 0 <= row.y < h):
                 raise EvaluationError(
-                    f"{rows_j.path}: location x={rows_j.x}, y={rows_j.y} is outside the "
+                    f"{row.path}: location x={row.x}, y={row.y} is outside the "
                     f"{w}x{h} image (x = column, y = row)"
                 )
-            locs.append(Location(image, rows_j.x, rows_j.y, context))
-            modalities.append(rows_j.modality or image.modality)
+            locs.append(Location(image, row.x, row.y, tuple(series), neighbours_of(series, k)))
+        modality = rows[idx[0]].modality or series[0].modality
         for name in names:
-            by_mod: dict[str, list[int]] = defaultdict(list)
-            for k, m in enumerate(modalities):
-                by_mod[m].append(k)
-            for m, idx in by_mod.items():
-                det = get(name, m)
-                if det is None:  # optional detector that cannot load (e.g. no --model)
-                    continue
-                scores = det.score([locs[k] for k in idx])
-                if len(scores) != len(idx):
-                    raise EvaluationError(
-                        f"detector {name} returned {len(scores)} scores for {len(idx)} locations"
-                    )
-                for k, s in zip(idx, scores, strict=True):
-                    results[name][batch[k]] = ScoredRow(rows[batch[k]], m, float(s.score))
-            bar.update(len(batch))
+            det = get(name, modality)
+            if det is None:  # optional detector that cannot load (e.g. no --model)
+                bar.update(len(idx))
+                continue
+            scores = det.score(locs)
+            if len(scores) != len(idx):
+                raise EvaluationError(
+                    f"detector {name} returned {len(scores)} scores for {len(idx)} locations"
+                )
+            null = _null(det, series)
+            ps = null.tail_p_values([s.score for s in scores]) if null is not None else None
+            for n, (j, s) in enumerate(zip(idx, scores, strict=True)):
+                p = None if ps is None else float(ps[n])
+                results[name][j] = ScoredRow(rows[j], modality, float(s.score), p)
+            bar.update(len(idx))
     bar.close()
-    return {
+    out = {
         n: [r for r in v if r is not None]
         for n, v in results.items()
         if any(r is not None for r in v)
     }
-
-
-# ----------------------------------------------------------------------------- reporting
-
-
-def summarize(scored: Iterable[ScoredRow], seed: int = 0) -> dict:
-    """Metrics per modality and per attack (and per BTD generator group where present)."""
-    by_mod: dict[str, list[ScoredRow]] = defaultdict(list)
-    for s in scored:
-        by_mod[s.modality].append(s)
-    out: dict[str, dict] = {}
-    for modality, items in sorted(by_mod.items()):
-        genuine = [s for s in items if s.row.label == 0]
-        fakes = [s for s in items if s.row.label == 1]
-        groups: dict[str, list[ScoredRow]] = defaultdict(list)
-        for s in fakes:
-            groups[s.row.attack].append(s)
-            if s.row.group:
-                groups[f"{s.row.attack}/{s.row.group}"].append(s)
-        if len(groups) > 1:
-            groups["all"] = fakes
-        res = {}
-        for attack, pos in sorted(groups.items()):
-            labels = [1] * len(pos) + [0] * len(genuine)
-            scores = [s.score for s in pos] + [s.score for s in genuine]
-            res[attack] = metrics(labels, scores, seed=seed)
-        out[modality] = res
+    fused = _fuse(results, rows)
+    if fused:
+        out[FUSED] = fused
     return out
 
 
-def plot_rocs(scored: list[ScoredRow], title: str, path: Path) -> None:
-    """One PNG with the ROC curve of every attack (vs. all genuine rows of the modality)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    genuine = [s.score for s in scored if s.row.label == 0]
-    attacks = sorted({s.row.attack for s in scored if s.row.label == 1})
-    fig, ax = plt.subplots(figsize=(5.5, 5.5))
-    for attack in attacks:
-        pos = [s.score for s in scored if s.row.label == 1 and s.row.attack == attack]
-        if not pos or not genuine:
+def _fuse(
+    results: dict[str, list[ScoredRow | None]], rows: Sequence[ManifestRow]
+) -> list[ScoredRow]:
+    """The serving rule per row: Bonferroni over the p-values of every detector that has one."""
+    fused = []
+    for j, row in enumerate(rows):
+        scored = [v[j] for v in results.values() if v[j] is not None and v[j].p is not None]
+        if not scored:
             continue
-        y = [1] * len(pos) + [0] * len(genuine)
-        fpr, tpr, _ = roc_curve(y, pos + genuine)
-        ax.plot(fpr, tpr, label=f"{attack} (AUC {roc_auc(y, pos + genuine):.3f}, n={len(pos)})")
-    ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1)
-    ax.set_xlabel("false positive rate")
-    ax.set_ylabel("true positive rate")
-    ax.set_title(title)
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def _json_safe(obj: object) -> object:
-    """NaN (an attack with one class only) becomes null: strict JSON readers reject NaN."""
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
-def _fmt(v: float) -> str:
-    return "  n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
-
-
-def format_table(summary: dict) -> str:
-    """Plain-text table of the summary, as printed by ``tamperscan evaluate``."""
-    lines = [
-        f"{'detector':<16}{'mod':<4}{'attack':<20}{'n+':>5}{'n-':>5}  "
-        f"{'AUC':>5}  {'95% CI':<13}  TPR@1%  TPR@5%"
-    ]
-    for det, per_mod in summary["detectors"].items():
-        for mod, per_attack in per_mod.items():
-            for attack, m in per_attack.items():
-                lo, hi = m["auc_ci95"]
-                lines.append(
-                    f"{det:<16}{mod:<4}{attack:<20}{m['n_tampered']:>5}{m['n_genuine']:>5}  "
-                    f"{_fmt(m['auc'])}  [{_fmt(lo)}, {_fmt(hi)}]  "
-                    f"{_fmt(m['tpr_at_1pct_fpr']):>6}  {_fmt(m['tpr_at_5pct_fpr']):>6}"
-                )
-    return "\n".join(lines)
+        p = bonferroni(s.p for s in scored)
+        fused.append(ScoredRow(row, scored[0].modality, evidence_score(p), p))
+    return fused
 
 
 def load_manifests(data_dir: Path, manifests: Sequence[Path]) -> list[tuple[Path, ManifestRow]]:
@@ -388,8 +254,12 @@ def evaluate(
     progress: bool = True,
     detectors: dict[str, Detector] | None = None,
     optional_names: Sequence[str] = (),
+    holdout: str | None = None,
 ) -> dict:
-    """Score, summarise and write ``summary.json``, ``scores.csv`` and ROC PNGs to ``out_dir``."""
+    """Score, summarise and write ``summary.json``, ``scores.csv`` and ROC PNGs to ``out_dir``.
+
+    ``holdout``: the attack family reported on; the summary names the others as tuned on.
+    """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     if not data_dir.is_dir():
         raise EvaluationError(f"{data_dir}: no such data folder")
@@ -417,7 +287,15 @@ def evaluate(
         for n, v in part.items():
             all_scored.setdefault(n, []).extend(v)
     out_dir.mkdir(parents=True, exist_ok=True)
+    families = sorted({family_of(r) for r in rows if r.label == 1})
+    if holdout is not None and holdout not in families:
+        raise EvaluationError(
+            f"--holdout-family {holdout}: the manifests hold no tampered rows of that family "
+            f"(families present: {', '.join(families) or 'none'})"
+        )
     summary = {
+        "holdout_family": holdout,
+        "tuned_on": [f for f in families if f != holdout] if holdout else families,
         "data": str(data_dir),
         "manifests": [str(m) for m in sorted({str(d) for d, _ in pairs})],
         "rows": len(rows),
@@ -428,14 +306,27 @@ def evaluate(
             "level": 0.95,
             "stratified": True,
         },
-        "detectors": {n: summarize(v, seed=seed) for n, v in all_scored.items()},
+        "detectors": {n: summarize(v, seed=seed, holdout=holdout) for n, v in all_scored.items()},
         "skipped_detectors": skipped,
         "plots": [],
     }
     with open(out_dir / "scores.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(
-            ["detector", "path", "x", "y", "label", "attack", "type", "modality", "group", "score"]
+            [
+                "detector",
+                "path",
+                "x",
+                "y",
+                "label",
+                "attack",
+                "family",
+                "type",
+                "modality",
+                "group",
+                "score",
+                "p",
+            ]
         )
         for n, v in all_scored.items():
             for s in v:
@@ -447,10 +338,12 @@ def evaluate(
                         s.row.y,
                         s.row.label,
                         s.row.attack,
+                        family_of(s.row),
                         s.row.type,
                         s.modality,
                         s.row.group,
                         f"{s.score:.6g}",
+                        "" if s.p is None else f"{s.p:.6g}",
                     ]
                 )
     for n, v in all_scored.items():
@@ -461,7 +354,7 @@ def evaluate(
                 plot_rocs(items, f"{n} - {modality}", png)
                 summary["plots"].append(png.name)
     with open(out_dir / "summary.json", "w") as fh:
-        json.dump(_json_safe(summary), fh, indent=2)
+        json.dump(json_safe(summary), fh, indent=2)
     return summary
 
 

@@ -22,7 +22,6 @@ per-pixel absolute error inside the hole (zero outside), in [0, 1] image units.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -35,8 +34,8 @@ from torch import nn
 from detector.calibration import Calibration
 from detector.checkpoint import Checkpoint, load_checkpoint
 from detector.device import autocast, default_batch_size, resolve_device, resolve_precision
-from detector.interface import Location, RegionScore
-from detector.preprocess import Preprocessing, patches_for
+from detector.learned import LearnedDetector, require_model
+from detector.preprocess import Preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +156,7 @@ class InpaintNet(nn.Module):
         return err.sum() / (self.mask.sum() * patches.shape[0])
 
 
-class InpaintDetector:
+class InpaintDetector(LearnedDetector):
     """The inpainting detector behind the :class:`detector.interface.Detector` contract."""
 
     name = "inpaint"
@@ -190,10 +189,6 @@ class InpaintDetector:
         self._mask = mask.bool()
         self._ring = ~self._mask
 
-    @property
-    def modality(self) -> str:
-        return self.prep.modality
-
     @torch.inference_mode()
     def _batch(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = patches.to(self.device, torch.float32)[:, None]
@@ -215,17 +210,6 @@ class InpaintDetector:
             scores[start : start + len(s)] = s.double().cpu().numpy()
             maps[start : start + len(s)] = m.cpu().numpy()
         return scores, maps
-
-    def score(self, locations: Sequence[Location]) -> list[RegionScore]:
-        if not locations:
-            return []
-        scores, maps = self.score_patches(patches_for(locations, self.prep))
-        return [RegionScore(score=float(s), heatmap=m) for s, m in zip(scores, maps, strict=True)]
-
-    def p_values(self, scores: Sequence[float] | np.ndarray) -> np.ndarray:
-        if self.calibration is None:
-            raise ValueError("this inpainting checkpoint carries no calibration")
-        return self.calibration.p_values(scores)
 
 
 def load_inpaint(
@@ -265,9 +249,4 @@ def inpaint_from_checkpoint(
 
 def create(model_path: Path | str | None, modality: str | None = None) -> Any:
     """Registry factory ``(model_path, modality) -> Detector`` (see :mod:`detector.registry`)."""
-    if model_path is None:
-        raise ValueError(
-            f"the inpainting detector needs a checkpoint for {modality or 'this modality'}: "
-            "give one with --model (tamperscan train writes them)"
-        )
-    return load_inpaint(str(model_path), modality)
+    return load_inpaint(require_model(model_path, "inpainting detector", modality), modality)

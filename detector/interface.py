@@ -2,17 +2,24 @@
 
 The evaluation harness, the scoring worker and the CHAIMELEON-style command line all call
 detectors through this one shape: a batch of locations in, one raw score and one per-pixel
-evidence map per location out. Keeping pixels in modality units (HU for CT) here means each
-detector owns its own preprocessing, exactly as it was trained with it.
+evidence map per location out; and a :class:`~detector.calibration.Calibration` that turns raw
+scores into p-values. Learned detectors carry theirs in the checkpoint (fitted once, on
+held-out genuine patches); forensic checks fit theirs once per series, on reference locations
+of that series, so they adapt to each scanner with no training data. Keeping pixels in modality
+units (HU for CT) here means each detector owns its own preprocessing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from enum import StrEnum
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from detector.calibration import Calibration
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,11 @@ class Location:
     y: int
     # Other slices of the same series a detector may search (the copy-move matcher does).
     context: Sequence[SliceImage] = field(default=(), repr=False)
+    # The slices just before and after this one along the slice normal (None at the ends or
+    # when unknown): what the slice-consistency check compares against.
+    neighbours: tuple[SliceImage | None, SliceImage | None] = field(
+        default=(None, None), repr=False
+    )
 
 
 @dataclass(frozen=True)
@@ -47,12 +59,25 @@ class RegionScore:
     heatmap: np.ndarray  # float32, the patch centred on the location, same orientation as pixels
 
 
+class EvidenceKind(StrEnum):
+    """Where a detector's null distribution comes from (shown in the SR and admin page)."""
+
+    LEARNED = "learned"  # a model trained on genuine scans; calibration stored with it
+    FORENSIC = "forensic"  # no training; calibrated on the series' own reference locations
+
+
 @runtime_checkable
 class Detector(Protocol):
     """Scores locations; one instance is loaded once and reused across many batches."""
 
     name: str
+    kind: EvidenceKind
+    needs_context: bool  # wants ``Location.context`` (other slices of the series)
 
     def score(self, locations: Sequence[Location]) -> list[RegionScore]:
         """Return one RegionScore per location, in order."""
+        ...
+
+    def calibrate(self, series: Sequence[SliceImage]) -> Calibration | None:
+        """The null distribution for scores on ``series`` (None: no calibrated p-values)."""
         ...

@@ -18,7 +18,10 @@ Factory = Callable[[Path | None, str | None], Detector]
 
 _FACTORIES: dict[str, str | Factory] = {
     "noise-residual": "detector.baselines:NoiseResidualDetector.create",
-    "copy-move": "detector.baselines:CopyMoveDetector.create",
+    "copy-move": "detector.forensics.copymove:CopyMoveDetector.create",
+    "noise-consistency": "detector.forensics.noise:NoiseConsistencyCheck.create",
+    "slice-consistency": "detector.forensics.consistency:SliceConsistencyCheck.create",
+    "exact-repeat": "detector.forensics.duplicates:ExactRepeatCheck.create",
     "btd": "detector.btd:create",
     "inpaint": "detector.inpainting:create",
 }

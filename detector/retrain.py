@@ -13,8 +13,10 @@ For each configured modality:
    GPU when there is one (``accelerate``), calibrate on held-out training patients, register
    the result as a candidate;
 4. measure candidate and production on the same gate (AUC over the attacks; false-alarm rate:
-   share of genuine patches with p <= ``gate_alpha``) and promote only if the candidate's
-   calibration holds and it is not worse than production by more than the margins; otherwise
+   share of genuine patches with p <= ``gate_alpha``; tail false alarms: genuine patches
+   with p <= ``gate_study_threshold``, the p at which one region decides a study, using the
+   tail p-values serving uses) and promote only if the candidate's calibration holds at both
+   thresholds and it is not worse than production by more than the margins; otherwise
    it stays in the registry as ``rejected`` with the reason.
 
 The run holds the registry's run lock (never two at once, across processes) and renews its
@@ -41,7 +43,7 @@ import numpy as np
 from detector.settings import RetrainSettings
 from storage.db import Database
 from storage.models import ModelVersion, TrainingRun, utcnow
-from storage.pool import PoolInstance, select_pool
+from storage.pool import PoolInstance, select_pool_with_report
 from storage.registry import (
     RunHolder,
     add_version,
@@ -85,6 +87,7 @@ class GateMetrics:
     tampered: int
     genuine: int
     genuine_patches: int
+    tail_false_alarms: int = 0  # genuine patches with p <= gate_study_threshold
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -93,7 +96,16 @@ class GateMetrics:
             "tampered": self.tampered,
             "genuine": self.genuine,
             "genuine_patches": self.genuine_patches,
+            "tail_false_alarms": self.tail_false_alarms,
         }
+
+
+def tail_allowance(patches: int, threshold: float) -> int:
+    """Genuine patches allowed below the study threshold: the 99.9 % Poisson quantile of their
+    expected count, so a calibrated model fails this by chance once in a thousand runs."""
+    from scipy import stats
+
+    return int(stats.poisson.ppf(0.999, patches * threshold))
 
 
 def decide(
@@ -105,6 +117,13 @@ def decide(
         return False, (
             f"calibration does not hold: {candidate.false_alarm_rate:.3f} of held-out genuine "
             f"patches have p <= {settings.gate_alpha:g} (allowed {limit:.3f})"
+        )
+    allowed = tail_allowance(candidate.genuine_patches, settings.gate_study_threshold)
+    if candidate.tail_false_alarms > allowed:
+        return False, (
+            f"tail calibration does not hold at the study threshold: "
+            f"{candidate.tail_false_alarms} of {candidate.genuine_patches} held-out genuine "
+            f"patches have p <= {settings.gate_study_threshold:.2g} (allowed {allowed})"
         )
     if not candidate.auc >= settings.min_auc:  # NaN fails too
         return False, f"AUC {candidate.auc:.3f} is below min_auc {settings.min_auc:g}"
@@ -187,8 +206,9 @@ class Retrainer:
         if failed:
             log.warning("interrupted retraining runs marked failed", extra={"runs": failed})
         if isinstance(got, RunHolder):
-            raise RetrainBusy(f"a retraining run is already in progress (run {got.run_id}, "
-                              f"owner {got.owner})")
+            raise RetrainBusy(
+                f"a retraining run is already in progress (run {got.run_id}, owner {got.owner})"
+            )
         log.info("retraining started", extra={"run": run_id, "trigger": trigger})
         beat_stop = threading.Event()
         beat = threading.Thread(
@@ -251,7 +271,7 @@ class Retrainer:
             with self.db.reading() as session:
                 current = {d: production(session, d, modality) for d in settings.detectors}
                 bootstrap = all(v is None for v in current.values())
-                pool = select_pool(
+                pool, pool_report = select_pool_with_report(
                     session,
                     modality=modality,
                     now=self.clock(),
@@ -264,7 +284,10 @@ class Retrainer:
             if len(patients) < settings.min_patients:
                 summary[modality] = {
                     "skipped": f"the genuine pool has {len(patients)} patients "
-                    f"({len(pool)} instances); at least {settings.min_patients} are needed"
+                    f"({len(pool)} instances); at least {settings.min_patients} are needed "
+                    "([retrain] min_patients)",
+                    "filters": pool_report.reasons(modality, settings.quarantine_days),
+                    "pool": pool_report.as_dict(),
                 }
                 continue
             rng = np.random.default_rng(run_id)
@@ -289,7 +312,15 @@ class Retrainer:
             try:
                 gate = Gate.build(gate_dir, work / modality / "lab", modality, settings, run_id)
             except Exception as exc:
-                summary[modality] = {"skipped": f"the gate could not be built: {exc}"}
+                summary[modality] = {
+                    "skipped": f"the gate could not be built: {exc}",
+                    "filters": [
+                        f"the gate attacks copies of the {len(gate_patients)} held-out patients "
+                        f"({len(gate_items)} instances): lower [retrain] gate_count "
+                        f"(= {settings.gate_count}) or trim gate_attacks, or raise "
+                        f"holdout_fraction (= {settings.holdout_fraction:g}) or add patients"
+                    ],
+                }
                 continue
             results: dict[str, Any] = {}
             summary[modality] = results
@@ -358,7 +389,7 @@ class Retrainer:
             patches_per_slice=per_slice,
             calibration_patches=settings.calibration_patches,
             max_steps=settings.max_steps,
-            max_seconds=seconds * 0.7,  # leave time to calibrate and to run the gate
+            max_seconds=seconds * 0.7,  # training and calibration; the rest is for the gate
             device=settings.device,
             seed=run_id,
             progress=False,
@@ -368,8 +399,9 @@ class Retrainer:
         try:
             if current_path is not None:
                 init_note = f"fine-tuned from version {current.id}"  # type: ignore[union-attr]
-                result = train(TrainOptions(**options, init_from=str(current_path)),
-                               self._step_hook)
+                result = train(
+                    TrainOptions(**options, init_from=str(current_path)), self._step_hook
+                )
             else:
                 result = train(TrainOptions(**options), self._step_hook)
         except CheckpointError as exc:
@@ -423,8 +455,13 @@ class Retrainer:
             promoted.append(version_id)
         log.info(
             "candidate judged",
-            extra={"version": version_id, "promoted": ok, "reason": reason, "detector": det,
-                   "modality": modality},
+            extra={
+                "version": version_id,
+                "promoted": ok,
+                "reason": reason,
+                "detector": det,
+                "modality": modality,
+            },
         )
         return {"version": version_id, "promoted": ok, "reason": reason}
 
@@ -470,21 +507,32 @@ class Gate:
     def measure(self, checkpoint: Path, step_hook: Callable[[], None]) -> GateMetrics:
         from detector.evaluation import roc_auc, score_rows
         from detector.loading import load_detector
-        from detector.training import calibration_patches
+        from detector.training import DEFAULT_PROPOSAL_FRACTION, calibration_patches
 
         step_hook()
         det = load_detector(checkpoint, device=self.settings.device)
         scored = score_rows(
-            self.rows, self.lab_dir, detectors={det.name: det}, manifest_dir=self.lab_dir,
+            self.rows,
+            self.lab_dir,
+            detectors={det.name: det},
+            manifest_dir=self.lab_dir,
             progress=False,
         )[det.name]
         labels = [s.row.label for s in scored]
         auc = roc_auc(labels, [s.score for s in scored])
         step_hook()
         patches = calibration_patches(
-            self.slices, det.prep, [], self.settings.gate_genuine_patches, self.seed + 7
+            self.slices,
+            det.prep,
+            [],
+            self.settings.gate_genuine_patches,
+            self.seed + 7,
+            proposal_fraction=DEFAULT_PROPOSAL_FRACTION,  # drawn as calibration drew them
         )
         raw, _ = det.score_patches(patches)
         p = det.p_values(raw)
         far = float(np.mean(np.asarray(p) <= self.settings.gate_alpha))
-        return GateMetrics(float(auc), far, sum(labels), len(labels) - sum(labels), len(patches))
+        tail = int(np.sum(np.asarray(p) <= self.settings.gate_study_threshold))
+        return GateMetrics(
+            float(auc), far, sum(labels), len(labels) - sum(labels), len(patches), tail
+        )

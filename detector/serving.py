@@ -6,7 +6,8 @@ periodically by serve and right after a retraining run: when the set of producti
 changed, the new models are loaded beside the old ones, then swapped in between two studies
 (``StudyScorer.swap_models``), so a promotion takes effect without a restart and no study is
 scored half by one model set and half by another. A model that fails to load is logged and
-the previous set keeps scoring.
+the previous set keeps scoring. Whenever a set is loaded, studies left ``not_scored`` for want
+of a model of a modality the set now covers are queued again (:mod:`storage.rescore`).
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from detector.model_set import ModelSet
 from detector.settings import DetectorSettings
-from detector.study_scoring import ModelSet, StudyScorer
+from detector.study_scoring import StudyScorer
 from storage.db import Database
+from storage.polling import poll
 from storage.registry import production_versions
 
 log = logging.getLogger(__name__)
@@ -60,9 +63,27 @@ class ProductionModels:
         """The initial set (serve start): errors propagate, like a bad configured model."""
         with self._lock:
             key, paths, ids = self._plan()
-            models = ModelSet.load(paths, self.settings.device, self.settings.batch_size, ids)
+            models = ModelSet.load(
+                paths, self.settings.device, self.settings.batch_size, ids, self.settings.checks
+            )
             self._key = key
-            return models
+        self._rescore_waiting(models)
+        return models
+
+    def _rescore_waiting(self, models: ModelSet) -> None:
+        """Queue the "no model for ..." studies that ``models`` can now score."""
+        from storage.models import utcnow
+        from storage.rescore import requeue_unscored
+
+        modalities = [m for m, group in models.by_modality.items() if group]
+        try:
+            with self.db.session() as session:
+                queued = requeue_unscored(session, modalities, utcnow())
+        except Exception:  # never lose the model swap over it; the next load tries again
+            log.exception("could not queue the studies waiting for a model")
+            return
+        if queued:
+            log.info("studies waiting for a model queued", extra={"studies": queued})
 
     def refresh(self) -> bool:
         """Swap in the registry's production set if it changed; True when swapped."""
@@ -73,7 +94,9 @@ class ProductionModels:
             if key == self._key:
                 return False
             try:
-                models = ModelSet.load(paths, self.settings.device, self.settings.batch_size, ids)
+                models = ModelSet.load(
+                    paths, self.settings.device, self.settings.batch_size, ids, self.settings.checks
+                )
             except Exception:
                 log.exception("new production models failed to load; keeping the current ones")
                 self._key = key  # do not retry a broken file every interval
@@ -83,11 +106,8 @@ class ProductionModels:
             if self.on_swap is not None:
                 self.on_swap(models)
         log.info("production models reloaded", extra={"versions": list(key)})
+        self._rescore_waiting(models)
         return True
 
     def run(self, stop: threading.Event) -> None:
-        while not stop.wait(self.interval_s):
-            try:
-                self.refresh()
-            except Exception:
-                log.exception("model reload check failed; will retry")
+        poll(self.refresh, stop, self.interval_s, log, "model reload", wait_first=True)

@@ -17,6 +17,12 @@ class WorkerSettings(BaseModel):
     )
     max_attempts: int = Field(3, ge=1, description="Tries before a job is given up as failed.")
     poll_interval_s: float = Field(1.0, gt=0, le=60, description="Idle wait between queue checks.")
+    delivery_lease_s: float = Field(
+        300.0,
+        gt=0,
+        description="A report one process is sending is left to it this long before another "
+        "may send it (a process killed mid-send: its reports go out after this).",
+    )
 
 
 class DetectorSettings(BaseModel):
@@ -43,6 +49,16 @@ class DetectorSettings(BaseModel):
         5000, ge=1, description="Cap on checked regions; later slices are not checked."
     )
     batch_size: int = Field(0, ge=0, description="Patches per device batch; 0 picks by device.")
+    checks: list[str] = Field(
+        default_factory=lambda: ["noise-consistency", "slice-consistency", "exact-repeat"],
+        description="Forensic checks (no training) run on every series, learned models or not.",
+    )
+    hotspots_per_slice: int = Field(
+        2, ge=0, description="Extra regions per slice and map check at its strongest anomalies."
+    )
+    references_per_series: int = Field(
+        600, ge=40, le=100000, description="Reference locations each check's null is fitted on."
+    )
     heatmaps: str = Field(
         "flagged", pattern="^(flagged|none)$", description="Save flagged regions' heatmap PNGs."
     )
@@ -51,6 +67,11 @@ class DetectorSettings(BaseModel):
     def _rates(self) -> DetectorSettings:
         if self.suspicious_rate < self.false_alarm_rate:
             raise ValueError("suspicious_rate must be >= false_alarm_rate")
+        from detector import registry
+
+        unknown = [c for c in self.checks if c not in registry.names()]
+        if unknown:
+            raise ValueError(f"unknown check(s) {unknown}; available: {registry.names()}")
         return self
 
 
@@ -89,6 +110,13 @@ class RetrainSettings(BaseModel):
     gate_genuine_patches: int = Field(256, ge=8, description="Genuine patches for false alarms.")
     gate_alpha: float = Field(
         0.05, gt=0, lt=1, description="p-value threshold the false-alarm rate is measured at."
+    )
+    gate_study_threshold: float = Field(
+        0.01 / 300,
+        gt=0,
+        lt=1,
+        description="p at which one region alone makes a study tampered (false_alarm_rate / "
+        "regions per study): genuine gate patches below it are tail false alarms.",
     )
     max_auc_drop: float = Field(0.02, description="Candidate AUC may be this much lower.")
     max_false_alarm_increase: float = Field(

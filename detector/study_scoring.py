@@ -1,27 +1,18 @@
 """Turns one stored study version into a verdict with the regions it checked.
 
-For every series whose modality has models: read slices one at a time (memory stays bounded
-whatever the study size), propose regions (``detector.proposals``), and score them in device
-batches with every loaded detector. Each detector's raw score becomes a calibrated tail
-probability against its held-out genuine scores (``Calibration.tail_p_values``: conformal
-within the held-out range, a fitted Pareto tail beyond it).
-
-Decision at a per-study false-alarm rate ``a`` (Bonferroni, valid whatever the dependence):
-
-- region: ``p_region = min(1, m * min_i p_i)`` over the ``m`` calibrated detectors;
-- study: ``p_study = min(1, n * min p_region)`` over the ``n`` regions checked;
-- ``tampered`` when ``p_study <= a``, ``suspicious`` when ``p_study <= suspicious_rate``,
-  else ``clean``; regions with ``n * p_region <= suspicious_rate`` are flagged.
-
-A genuine study is then called tampered with probability at most ``a``. A study no model can
-score gets ``not_scored`` with the reason, never a guessed ``clean``.
+For every series: one pass (:class:`detector.series_scan.SeriesScan`) proposes regions and
+scores them with every forensic check (always on: a fresh installation gives real verdicts from
+its first study) and every learned model of the series' modality. Each detector's raw score
+becomes a calibrated p-value (learned: against the checkpoint's held-out genuine scores;
+forensic: against reference locations of the same series) and the decision follows
+:mod:`detector.fusion` (Bonferroni over detectors, then over regions, at the per-study
+false-alarm rate). Flagged regions on adjacent slices become one 3-D finding
+(:mod:`storage.findings`). A series of a modality no detector can read gets ``not_scored``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,18 +20,22 @@ from typing import Any
 import numpy as np
 
 from detector.activity import ScoringActivity
-from detector.interface import Location
-from detector.proposals import Proposal, propose
+from detector.fusion import decide, region_p
+from detector.model_set import ModelSet, model_version
+from detector.series_scan import RegionCheck, SeriesScan, order_slices
 from detector.settings import DetectorSettings
-from storage.admin_queries import requested_regions_by_sop
+from storage.admin_actions import requested_regions_by_sop
 from storage.db import Database
+from storage.findings import finding_numbers
 from storage.jobs import RegionRecord
-from storage.models import CLEAN, NOT_SCORED, SUSPICIOUS, TAMPERED
+from storage.models import NOT_SCORED
 from storage.queries import SeriesFiles, study_series_files
 
 log = logging.getLogger(__name__)
 
-FLUSH_REGIONS = 256  # score once this many regions are waiting (bounds slices held in memory)
+SCORED_MODALITIES = ("CT", "MR")  # what the slice reader and the region proposals understand
+
+__all__ = ["ModelSet", "StudyResult", "StudyScorer", "model_version"]
 
 
 @dataclass(frozen=True)
@@ -50,90 +45,6 @@ class StudyResult:
     score: float | None = None
     details: dict[str, Any] = field(default_factory=dict)
     regions: list[RegionRecord] = field(default_factory=list)
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-class ModelSet:
-    """Detectors loaded once per process, grouped by modality."""
-
-    def __init__(self, detectors: Sequence[Any] = ()) -> None:
-        self.by_modality: dict[str, list[Any]] = {}
-        for detector in detectors:
-            self.by_modality.setdefault(detector.modality, []).append(detector)
-
-    @classmethod
-    def load(
-        cls,
-        paths: Sequence[Path],
-        device: str,
-        batch_size: int = 0,
-        registry_ids: dict[Path, int] | None = None,
-    ) -> ModelSet:
-        """Load checkpoints; ``registry_ids`` names the registry version of those that have one."""
-        from detector.loading import load_detector  # torch only when models are configured
-
-        detectors = []
-        for path in paths:
-            detector = load_detector(path, device=device, batch_size=batch_size or None)
-            detector.info["sha256"] = _file_digest(Path(path))
-            registry_id = (registry_ids or {}).get(Path(path))
-            if registry_id is not None:
-                detector.info["registry_version"] = registry_id
-            log.info(
-                "model loaded",
-                extra={
-                    "detector": detector.name,
-                    "modality": detector.modality,
-                    "path": str(path),
-                    "sha256": detector.info["sha256"][:16],
-                },
-            )
-            detectors.append(detector)
-        return cls(detectors)
-
-    def for_modality(self, modality: str) -> list[Any]:
-        return self.by_modality.get(modality.upper(), [])
-
-    def describe(self) -> list[dict[str, Any]]:
-        return [
-            {
-                "name": d.name,
-                "modality": d.modality,
-                "version": model_version(d),
-                "registry_version": d.info.get("registry_version"),
-                "weights": d.info.get("weights"),
-                "calibration_size": d.info.get("calibration_size", 0),
-                "path": d.info.get("path"),
-            }
-            for group in self.by_modality.values()
-            for d in group
-        ]
-
-
-def model_version(detector: Any) -> str:
-    """What verdicts and SRs call a model: its file's sha256 prefix, plus the registry id."""
-    digest = detector.info.get("sha256", "")[:16]
-    registry_id = detector.info.get("registry_version")
-    return digest if registry_id is None else f"r{registry_id}-{digest}"
-
-
-@dataclass
-class _Check:
-    """A region being checked: where, and what each detector said."""
-
-    series_uid: str
-    sop_uid: str
-    proposal: Proposal
-    scores: dict[str, dict[str, Any]] = field(default_factory=dict)
-    heatmap: np.ndarray | None = None
-    p_region: float | None = None
 
 
 class StudyScorer:
@@ -170,30 +81,29 @@ class StudyScorer:
         modalities = sorted({s.modality or "unknown" for s in series})
         if not series:
             return StudyResult(NOT_SCORED, "study has no series")
-        scorable = [s for s in series if self.models.for_modality(s.modality)]
+        scorable = [
+            s
+            for s in series
+            if s.modality in SCORED_MODALITIES and (self.models.checks or self._learned(s))
+        ]
         if not scorable:
             return StudyResult(
                 NOT_SCORED,
                 f"no model for {', '.join(modalities)}",
                 details={"modalities": modalities, "study_version": study_version},
             )
-        calibrated = [
-            d
-            for s in scorable
-            for d in self.models.for_modality(s.modality)
-            if d.calibration is not None
-        ]
-        if not calibrated:
-            return StudyResult(
-                NOT_SCORED,
-                "the loaded models carry no calibration (score held-out genuine scans first)",
-                details={"models": self.models.describe()},
-            )
-        checks: list[_Check] = []
+        regions: list[RegionCheck] = []
         notes: list[str] = []
         for entry in scorable:
-            self._score_series(entry, checks, notes, requested)
-        return self._decide(study_id, study_version, checks, notes, modalities)
+            regions += self._score_series(entry, notes, requested, len(regions))
+        learned = any(self._learned(s) for s in scorable)
+        return self._decide(study_id, study_version, regions, notes, modalities, learned)
+
+    def _learned(self, entry: SeriesFiles) -> list[Any]:
+        """The series' calibrated learned models (uncalibrated ones cannot give p-values)."""
+        return [
+            d for d in self.models.for_modality(entry.modality) if getattr(d, "calibration", None)
+        ]
 
     def _window_stride(self) -> int:
         """The sliding window costs ~100 patches a slice: on by default only on a GPU."""
@@ -206,72 +116,32 @@ class StudyScorer:
     def _score_series(
         self,
         entry: SeriesFiles,
-        checks: list[_Check],
         notes: list[str],
-        requested: dict[str, list[tuple[int, int, float]]] | None = None,
-    ) -> None:
-        """Score one series; ``requested`` adds the admin-requested locations per SOP UID."""
-        from detector.slices import SliceReadError, read_slice, volume_intensity_range
+        requested: dict[str, list[tuple[int, int, float]]],
+        already: int,
+    ) -> list[RegionCheck]:
+        from detector.slices import read_slice, volume_intensity_range
 
-        detectors = self.models.for_modality(entry.modality)
-        paths = [(sop, self.instance_root / rel) for sop, rel in entry.files]
+        files = [(sop, self.instance_root / rel) for sop, rel in entry.files]
+        slices = order_slices(files)
         intensity_range = None
         if entry.modality == "MR":
-            intensity_range = volume_intensity_range(p for _, p in paths)
-        stride = self._window_stride()
-        pending: list[tuple[Location, _Check]] = []
-        for sop_uid, path in paths:
-            if len(checks) + len(pending) >= self.settings.max_regions_per_study:
-                notes.append(
-                    f"region cap {self.settings.max_regions_per_study} reached: "
-                    f"later slices of series {entry.series_uid} were not checked"
-                )
-                break
-            try:
-                image = read_slice(path, intensity_range=intensity_range)
-            except SliceReadError as exc:
-                notes.append(f"slice {sop_uid} not scored: {exc}")
-                continue
-            proposals = propose(image, stride, self.settings.max_blobs_per_slice)
-            proposals += [
-                Proposal(x, y, radius, source="admin", strength=float("inf"))
-                for x, y, radius in (requested or {}).get(sop_uid, [])
-                if 0 <= x < image.pixels.shape[1] and 0 <= y < image.pixels.shape[0]
-            ]
-            for proposal in proposals:
-                check = _Check(entry.series_uid, sop_uid, proposal)
-                pending.append((Location(image, proposal.x, proposal.y), check))
-            if len(pending) >= FLUSH_REGIONS:
-                self._run_detectors(detectors, pending)
-                checks.extend(c for _, c in pending)
-                pending = []
-        if pending:
-            self._run_detectors(detectors, pending)
-            checks.extend(c for _, c in pending)
-
-    def _run_detectors(
-        self, detectors: Sequence[Any], batch: list[tuple[Location, _Check]]
-    ) -> None:
-        from detector.preprocess import patches_for
-
-        locations = [loc for loc, _ in batch]
-        for detector in detectors:
-            raw, maps = detector.score_patches(patches_for(locations, detector.prep))
-            # Tail-extended p-values: Bonferroni over many regions needs p below 1/(n+1).
-            calibration = detector.calibration
-            p = calibration.tail_p_values(raw) if calibration is not None else None
-            version = model_version(detector)
-            for i, (_, check) in enumerate(batch):
-                check.scores[detector.name] = {
-                    "raw": float(raw[i]),
-                    "p": None if p is None else float(p[i]),
-                    "model": version,
-                }
-            # Keep an evidence map only where a flag is possible: bounded memory.
-            if p is not None:
-                for i, (_, check) in enumerate(batch):
-                    if p[i] <= self.settings.suspicious_rate and check.heatmap is None:
-                        check.heatmap = maps[i]
+            intensity_range = volume_intensity_range(p for _, p in files)
+        scan = SeriesScan(
+            entry.series_uid,
+            slices,
+            lambda path: read_slice(path, intensity_range=intensity_range),
+            self.models.checks,
+            self._learned(entry),
+            self._window_stride(),
+            self.settings.max_blobs_per_slice,
+            self.settings.hotspots_per_slice,
+            self.settings.references_per_series,
+        )
+        scan.run(requested, self.settings.max_regions_per_study - already)
+        scan.finish()
+        notes += scan.notes
+        return scan.regions
 
     # -- the decision ---------------------------------------------------------------------
 
@@ -279,22 +149,23 @@ class StudyScorer:
         self,
         study_id: int,
         version: int,
-        checks: list[_Check],
+        checks: list[RegionCheck],
         notes: list[str],
         modalities: list[str],
+        learned: bool = True,
     ) -> StudyResult:
-        n = len(checks)
         for check in checks:
-            ps = [s["p"] for s in check.scores.values() if s["p"] is not None]
-            check.p_region = min(1.0, len(ps) * min(ps)) if ps else None
+            check.p_region = region_p(check.scores)
         region_ps = [c.p_region for c in checks if c.p_region is not None]
         details: dict[str, Any] = {
             "false_alarm_rate": self.settings.false_alarm_rate,
             "suspicious_rate": self.settings.suspicious_rate,
-            "regions_checked": n,
+            "regions_checked": len(checks),
             "modalities": modalities,
             "study_version": version,
             "models": self.models.describe(),
+            "forensic_only": not learned,
+            "fusion": "bonferroni over detectors, then over regions",
             "notes": notes,
         }
         if not region_ps:
@@ -303,55 +174,110 @@ class StudyScorer:
                 "no region could be checked (no slice had anatomy to score)",
                 details=details,
             )
-        p_study = min(1.0, n * min(region_ps))
-        details["study_p_value"] = p_study
-        if p_study <= self.settings.false_alarm_rate:
-            outcome = TAMPERED
-        elif p_study <= self.settings.suspicious_rate:
-            outcome = SUSPICIOUS
-        else:
-            outcome = CLEAN
-        regions = []
-        for check in checks:
-            flagged = check.p_region is not None and n * check.p_region <= (
-                self.settings.suspicious_rate
-            )
-            heatmap = None
-            if check.heatmap is not None and flagged and self.settings.heatmaps == "flagged":
-                heatmap = self._save_heatmap(study_id, version, check)
-            regions.append(
-                RegionRecord(
-                    series_uid=check.series_uid,
-                    sop_instance_uid=check.sop_uid,
-                    x=check.proposal.x,
-                    y=check.proposal.y,
-                    source=check.proposal.source,
-                    radius_px=check.proposal.radius_px,
-                    scores=check.scores,
-                    p_value=check.p_region,
-                    flagged=flagged,
-                    heatmap_path=heatmap,
-                )
-            )
-        flagged_count = sum(r.flagged for r in regions)
+        decision = decide(region_ps, self.settings.false_alarm_rate, self.settings.suspicious_rate)
+        details["study_p_value"] = decision.p_study
+        flagged = [
+            c for c in checks if c.p_region is not None and c.p_region <= decision.region_threshold
+        ]
+        numbers = finding_numbers([_Where(c) for c in flagged])
+        finding_of = {id(c): n for c, n in zip(flagged, numbers, strict=True)}
+        deciding = sorted(
+            {name for c in flagged for name, e in c.scores.items() if _decisive(e, c)}
+        )
+        details["findings"] = max(numbers, default=0)
+        details["deciding_detectors"] = deciding
+        regions = [self._record(study_id, version, c, finding_of.get(id(c))) for c in checks]
         reason = (
-            f"{flagged_count} of {n} regions flagged; study p = {p_study:.2g} "
+            f"{len(flagged)} of {len(checks)} regions flagged in {max(numbers, default=0)} "
+            f"finding(s); study p = {decision.p_study:.2g} "
             f"(false-alarm rate {self.settings.false_alarm_rate:g})"
         )
-        return StudyResult(outcome, reason, p_study, details, regions)
+        if deciding:
+            reason += f"; evidence: {', '.join(deciding)}"
+        if details["forensic_only"]:
+            reason += "; forensic checks only (no trained model for this modality yet)"
+        return StudyResult(decision.outcome.value, reason, decision.p_study, details, regions)
 
-    def _save_heatmap(self, study_id: int, version: int, check: _Check) -> str:
+    def _record(
+        self, study_id: int, version: int, check: RegionCheck, finding: int | None
+    ) -> RegionRecord:
+        heatmap = None
+        if finding is not None and self.settings.heatmaps == "flagged":
+            heatmap = self._save_heatmap(study_id, version, check)
+        return RegionRecord(
+            series_uid=check.series_uid,
+            sop_instance_uid=check.ref.sop_uid,
+            x=check.proposal.x,
+            y=check.proposal.y,
+            source=check.proposal.source.split(":")[0],
+            radius_px=check.proposal.radius_px,
+            scores=check.scores,
+            p_value=check.p_region,
+            flagged=finding is not None,
+            heatmap_path=heatmap,
+            slice_index=check.slice_index,
+            z_mm=check.ref.z_mm,
+            instance_number=check.ref.instance_number,
+            finding=finding,
+        )
+
+    def _save_heatmap(self, study_id: int, version: int, check: RegionCheck) -> str | None:
+        """The evidence map of the detector with the smallest p for this region."""
         from PIL import Image
 
+        best = min(
+            (e.get("p") or 1.0, name) for name, e in check.scores.items() if name in check.maps
+        )
+        heat = np.asarray(check.maps[best[1]], dtype=np.float32)
         rel = (
             Path("heatmaps")
             / str(study_id)
             / f"v{version}"
-            / (f"{check.sop_uid}_{check.proposal.x}_{check.proposal.y}.png")
+            / (f"{check.ref.sop_uid}_{check.proposal.x}_{check.proposal.y}.png")
         )
         target = self.data_dir / rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        heat = np.asarray(check.heatmap, dtype=np.float32)
-        scale = float(heat.max()) or 1.0
+        scale = float(np.nanmax(heat)) or 1.0
         Image.fromarray(np.clip(heat / scale * 255, 0, 255).astype(np.uint8)).save(target)
         return rel.as_posix()
+
+
+def _decisive(evidence: dict[str, Any], check: RegionCheck) -> bool:
+    """Whether this detector's p alone (times the number of detectors) flags the region."""
+    p = evidence.get("p")
+    return (
+        p is not None
+        and check.p_region is not None
+        and p * len(check.scores) <= check.p_region * 1.000001
+    )
+
+
+@dataclass(frozen=True)
+class _Where:
+    """The fields of a region that 3-D grouping reads."""
+
+    check: RegionCheck
+
+    @property
+    def series_uid(self) -> str:
+        return self.check.series_uid
+
+    @property
+    def x(self) -> int:
+        return self.check.proposal.x
+
+    @property
+    def y(self) -> int:
+        return self.check.proposal.y
+
+    @property
+    def radius_px(self) -> float:
+        return self.check.proposal.radius_px
+
+    @property
+    def slice_index(self) -> int:
+        return self.check.slice_index
+
+    @property
+    def z_mm(self) -> float | None:
+        return self.check.ref.z_mm

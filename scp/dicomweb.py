@@ -1,8 +1,9 @@
 """DICOMweb STOW-RS in: ``POST /dicom-web/studies[/{study}]``, for a DICOMweb-only PACS.
 
-Feeds the same ingest path as C-STORE: each part is checked with ``scp.validate.inspect_dataset``
-and stored with ``InstanceStore.store`` (file fsynced, index row committed) before it is
-counted as stored, so a part that fails any check is never half accepted. The answer is a
+Feeds the same ingest path as C-STORE (``scp.ingest``): each part's encoding and values are
+checked (``scp.validate``) and it is stored with ``InstanceStore.store`` (file fsynced, index
+row committed) before it is counted as stored, so a part that fails any check is never half
+accepted. A client that disconnects before its body is complete gets nothing stored. The answer is a
 PS3.18 STOW-RS response: a DICOM JSON dataset with a ReferencedSOPSequence (stored) and a
 FailedSOPSequence (refused, with the same Failure Reason codes C-STORE would answer), HTTP 200
 when all were stored, 202 when some were, 409 when none were. ``Warning`` headers carry the
@@ -12,6 +13,7 @@ token. A request counts as one finished transfer (like an A-RELEASE) for study a
 
 from __future__ import annotations
 
+import contextlib
 import email.parser
 import email.policy
 import hmac
@@ -26,6 +28,7 @@ from fastapi.responses import JSONResponse
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from scp.ingest import IngestResult, ingest, refuse
 from scp.settings import DicomwebSettings
@@ -35,6 +38,7 @@ from scp.validate import (
 )
 from storage.audit import audit
 from storage.db import Database
+from storage.files import InvalidUID, check_uid
 from storage.instances import InstanceStore, Origin
 from storage.jobs import mark_released
 from storage.models import utcnow
@@ -105,13 +109,22 @@ class StowService:
             return _problem(413, f"request larger than {self.settings.max_request_mb} MiB", peer)
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                return _problem(
-                    413, f"request larger than {self.settings.max_request_mb} MiB", peer
-                )
-            chunks.append(chunk)
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    return _problem(
+                        413, f"request larger than {self.settings.max_request_mb} MiB", peer
+                    )
+                chunks.append(chunk)
+        except ClientDisconnect:
+            # Nothing was stored (parts are ingested only from a complete body) and nobody
+            # is left to answer: one log line, no traceback.
+            log.warning(
+                "STOW-RS client disconnected before the body was complete",
+                extra={"peer": peer, "received_bytes": size},
+            )
+            return Response(status_code=400)
         body = b"".join(chunks)
         try:
             parts = parse_multipart(content_type, body)
@@ -212,15 +225,21 @@ class StowService:
         response = JSONResponse(answer.to_json_dict(), status_code=status, media_type=DICOM_JSON)
         for r in failed[:MAX_WARNINGS]:
             text = f"{r.sop_instance_uid or '?'}: {r.reason}".replace('"', "'")
-            text = text.encode("ascii", "replace").decode("ascii")[:300]
+            # A header value must be printable ASCII: a hostile UID may hold a newline.
+            text = "".join(c if " " <= c <= "~" else "?" for c in text)[:300]
             response.headers.append("Warning", f'299 tamperscan "{text}"')
         return response
 
 
 def _sop_item(sop_class: str, sop_instance: str) -> Dataset:
+    """A response item; a UID that is not valid (why it failed, maybe) is left out."""
     item = Dataset()
-    item.ReferencedSOPClassUID = sop_class
-    item.ReferencedSOPInstanceUID = sop_instance
+    for keyword, value in (
+        ("ReferencedSOPClassUID", sop_class),
+        ("ReferencedSOPInstanceUID", sop_instance),
+    ):
+        with contextlib.suppress(InvalidUID):
+            setattr(item, keyword, check_uid(value, keyword))
     return item
 
 

@@ -5,7 +5,9 @@ viewers show it. One SR per verdict, in the original study (its own series), wit
 
 - a whole-study group (TID 1501): the verdict, the false-alarm rate it was decided at, the
   number of regions checked, the study score;
-- one planar ROI group (TID 1410) per flagged region (and per checked region when configured):
+- one planar ROI group (TID 1410) per 3-D finding (flagged regions on adjacent slices are one
+  finding, shown by its strongest region and labelled with its instance range; every checked
+  region too when configured):
   the region on its source image (POINT, or CIRCLE when a radius is known), the finding
   (tampered / not tampered), each detector's raw score and calibrated probability (each with
   the detector's algorithm identification) and the fused score;
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from importlib import metadata
 from io import BytesIO
@@ -86,6 +88,22 @@ class RegionInput:
     flagged: bool
     fused: float | None
     scores: dict[str, dict[str, Any]]
+    finding: int | None = None  # 3-D finding number (storage.findings); None if unflagged
+    slices: str = ""  # "slices 12-15" for a finding that spans several
+
+
+def one_per_finding(regions: list[RegionInput], extents: dict[int, str]) -> list[RegionInput]:
+    """Flagged regions of one 3-D finding become one SR finding: the member with the smallest
+    fused p stands for it, labelled with the finding's slice range; other regions stay."""
+    best: dict[int, RegionInput] = {}
+    rest = []
+    for r in regions:
+        if r.finding is None:
+            rest.append(r)
+        elif r.finding not in best or (r.fused or 1.0) < (best[r.finding].fused or 1.0):
+            best[r.finding] = r
+    chosen = [replace(r, slices=extents.get(n, "")) for n, r in sorted(best.items())]
+    return chosen + rest
 
 
 @dataclass
@@ -170,9 +188,19 @@ def load_input(
                 bool(r.flagged),
                 r.p_value,
                 dict(r.scores or {}),
+                r.finding,
             )
             for r in rows
         ]
+        extents: dict[int, list[int]] = {}
+        for r in rows:
+            if r.finding is not None and r.instance_number is not None:
+                extents.setdefault(r.finding, []).append(r.instance_number)
+        labels = {
+            n: f"instances {min(v)}-{max(v)}" if min(v) != max(v) else f"instance {v[0]}"
+            for n, v in extents.items()
+        }
+        regions = one_per_finding(regions, labels)
         details = dict(verdict.details or {})
         paths = [(i.sop_instance_uid, instance_root / i.file_path) for i in instances]
         predecessor_path = (
@@ -283,7 +311,11 @@ def _region_group(
     if region.fused is not None:
         measurements.append(_unitless(codes.FUSED_SCORE, region.fused, fusion))
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=_tracking(data, f"region {n}", f"region-{region.region_id}"),
+        tracking_identifier=_tracking(
+            data,
+            f"finding {region.finding} ({region.slices})" if region.finding else f"region {n}",
+            f"region-{region.region_id}",
+        ),
         referenced_region=hd.sr.ImageRegion(
             graphic_type=kind, graphic_data=graphic, source_image=source
         ),

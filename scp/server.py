@@ -3,6 +3,10 @@
 Every storage SOP class is accepted in every transfer syntax pydicom knows and stored exactly
 as sent. The C-STORE handler runs in the association's thread and answers only once
 ``InstanceStore.store`` has made the file durable and committed its index row.
+
+Connections reach pynetdicom through ``scp.guard`` (allow-list, connection caps, A-ASSOCIATE-RQ
+deadline, PDU length cap); this module records what the guard refuses and how each association
+ended, including associations whose pynetdicom thread died.
 """
 
 from __future__ import annotations
@@ -12,22 +16,21 @@ import socket
 import ssl
 import threading
 import time
-from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom.association import Association as PynetAssociation
+from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.pdu_primitives import A_ABORT
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
-from sqlalchemy import select
 
+from scp.guard import GuardedServer, GuardLimits
 from scp.ingest import ingest
+from scp.records import Session, add_association, close_record, close_stale
+from scp.refusals import Refusal, RefusalRecorder
 from scp.settings import ScpSettings
-from storage.audit import audit
 from storage.db import Database
 from storage.instances import InstanceStore, Origin
-from storage.jobs import mark_released
-from storage.models import Association, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -35,18 +38,6 @@ log = logging.getLogger(__name__)
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)
 REJECT_CALLED_AE = (0x01, 0x01, 0x07)
 REJECT_NO_REASON = (0x01, 0x01, 0x01)
-
-
-@dataclass
-class _Session:
-    """What we track about one live association."""
-
-    record_id: int
-    calling_ae: str
-    peer: str
-    studies: set[int] = field(default_factory=set)
-    stored: int = 0  # counted here and written once when the association ends
-    failed: int = 0
 
 
 def build_ssl_context(settings: ScpSettings) -> ssl.SSLContext | None:
@@ -67,10 +58,12 @@ class StorageSCP:
         self.settings = settings
         self.db = db
         self.store = store
-        self._sessions: dict[int, _Session] = {}
+        self._sessions: dict[int, Session] = {}
+        self._requested: set[int] = set()  # associations our EVT_REQUESTED handler saw
         self._lock = threading.Lock()
         self._ae: AE | None = None
-        self._server: ThreadedAssociationServer | None = None
+        self._server: GuardedServer | None = None
+        self._refusals = RefusalRecorder(db, tls=settings.tls.enabled)
 
     @property
     def port(self) -> int:
@@ -84,6 +77,8 @@ class StorageSCP:
         for context in AllStoragePresentationContexts:
             ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+        # Counts association threads; the guard starts one only for a connection that has
+        # delivered a valid A-ASSOCIATE-RQ, so idle connections never count.
         ae.maximum_associations = s.max_associations
         ae.maximum_pdu_size = s.max_pdu_size
         ae.acse_timeout = s.acse_timeout_s
@@ -96,13 +91,7 @@ class StorageSCP:
 
     def close_stale_associations(self) -> int:
         """Associations a previous run left open ended when it did: record them as aborted."""
-        with self.db.session() as session:
-            stale = session.scalars(select(Association).where(Association.outcome == "open")).all()
-            for record in stale:
-                record.outcome = "aborted"
-                record.ended_at = utcnow()
-                record.reject_reason = "service stopped during the association"
-        return len(stale)
+        return close_stale(self.db)
 
     def start(self) -> None:
         stale = self.close_stale_associations()
@@ -118,17 +107,34 @@ class StorageSCP:
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_RELEASED, self._on_released),
             (evt.EVT_ABORTED, self._on_aborted),
+            (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_CONN_CLOSE, self._on_closed),
+            (evt.EVT_PDU_SENT, self._on_pdu),
+            (evt.EVT_PDU_RECV, self._on_pdu),
+            (evt.EVT_ACSE_SENT, self._on_acse_sent),
         ]
-        self._server = self._ae.start_server(
-            (self.settings.host, self.settings.port),
-            block=False,
+        s = self.settings
+        limits = GuardLimits(
+            allowed_hosts=s.host_allowed,
+            max_connections_per_host=s.max_connections_per_host,
+            max_pending_connections=s.max_pending_connections,
+            association_request_timeout_s=s.association_request_timeout_s,
+            max_pdu_size=s.max_pdu_size,
+            network_timeout_s=s.network_timeout_s,
+        )
+        self._server = self._ae.make_server(
+            (s.host, s.port),
             evt_handlers=handlers,
-            ssl_context=build_ssl_context(self.settings),
+            ssl_context=build_ssl_context(s),
+            server_class=GuardedServer,
+            limits=limits,
+            hooks=self,
         )
         # Accepted sockets inherit this on Linux: each small C-STORE response goes out at
         # once instead of waiting on Nagle's algorithm and the peer's delayed ACK (~40 ms).
         self._server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._refusals.start()
+        threading.Thread(target=self._server.serve_forever, name="scp-accept", daemon=True).start()
         log.info(
             "DICOM SCP listening",
             extra={
@@ -160,12 +166,64 @@ class StorageSCP:
                 )
             assoc.abort()
         self._server = None
+        self._refusals.stop()
         log.info("DICOM SCP stopped")
+
+    # -- what the connection guard reports (scp.guard.GuardHooks) ---------------------------
+
+    def connection_refused(self, host: str, port: int, reason: str) -> None:
+        self._refusals.add(Refusal(host, port, reason))
+
+    def association_refused(
+        self, host: str, port: int, called: str, calling: str, reason: str
+    ) -> None:
+        self._refusals.add(Refusal(host, port, reason, called=called, calling=calling))
+
+    def pdu_refused(self, assoc: PynetAssociation, reason: str) -> None:
+        with self._lock:
+            state = self._sessions.get(id(assoc))
+            if state is not None and state.abort_reason is None:
+                state.abort_reason = reason[:128]
+
+    def association_done(self, assoc: PynetAssociation) -> bool:
+        """Close the record of an association whose thread ended without release or abort.
+
+        pynetdicom's reactor thread can die on malformed input (an exception inside it) and
+        leave the peer waiting; the guard calls this after the thread ended, whatever happened.
+        """
+        key = id(assoc)
+        with self._lock:
+            requested = key in self._requested
+            self._requested.discard(key)
+            state = self._sessions.pop(key, None)
+        if state is not None:
+            close_record(
+                self.db,
+                state,
+                "aborted",
+                state.abort_reason
+                or "association thread stopped without A-RELEASE or A-ABORT (malformed input)",
+                still_open=set(),
+            )
+            return True
+        if not requested:  # pynetdicom refused the A-ASSOCIATE-RQ before our handler ran
+            primitive = assoc.requestor.primitive
+            self.association_refused(
+                assoc.requestor.address,
+                assoc.requestor.port,
+                str(getattr(primitive, "called_ae_title", "") or "").strip(),
+                str(getattr(primitive, "calling_ae_title", "") or "").strip(),
+                "A-ASSOCIATE-RQ refused by the DICOM stack (undecodable or invalid)",
+            )
+            return not (assoc.is_rejected or assoc.is_aborted)
+        return False
 
     # -- association lifecycle -------------------------------------------------------------
 
     def _on_requested(self, event: evt.Event) -> None:
         assoc: PynetAssociation = event.assoc
+        with self._lock:
+            self._requested.add(id(assoc))
         calling = str(assoc.requestor.primitive.calling_ae_title).strip()
         called = str(assoc.requestor.primitive.called_ae_title).strip()
         host, port = assoc.requestor.address, assoc.requestor.port
@@ -181,30 +239,16 @@ class StorageSCP:
                 REJECT_CALLED_AE,
                 f"called AE {called!r} is not {self.settings.ae_title!r}",
             )
-        now = utcnow()
         with self.db.session() as session:
-            record = Association(
-                calling_ae=calling[:16],
-                called_ae=called[:16],
-                peer_host=host,
-                peer_port=port,
+            record = add_association(
+                session,
+                calling=calling,
+                called=called,
+                host=host,
+                port=port,
                 tls=self.settings.tls.enabled,
-                started_at=now,
-                outcome="rejected" if rejection else "open",
-                ended_at=now if rejection else None,
-                reject_reason=rejection[1] if rejection else None,
-                instances_stored=0,
-                instances_failed=0,
+                rejection=rejection[1] if rejection else None,
             )
-            session.add(record)
-            if rejection:
-                audit(
-                    session,
-                    actor=calling or "?",
-                    action="association.rejected",
-                    target=f"{host}:{port}",
-                    detail={"reason": rejection[1], "called_ae": called},
-                )
             session.flush()
             record_id = record.id
         if rejection:
@@ -216,29 +260,15 @@ class StorageSCP:
             assoc.kill()  # as pynetdicom's own rejections do: lets the A-ASSOCIATE-RJ go out
             return
         with self._lock:
-            self._sessions[id(assoc)] = _Session(record_id, calling, host)
+            self._sessions[id(assoc)] = Session(record_id, calling, host)
         log.info("association accepted", extra={"calling_ae": calling, "peer": f"{host}:{port}"})
 
-    def _end(self, event: evt.Event, outcome: str) -> None:
+    def _end(self, event: evt.Event, outcome: str, reason: str | None = None) -> None:
         with self._lock:
             state = self._sessions.pop(id(event.assoc), None)
             still_open = set().union(*(s.studies for s in self._sessions.values()))
-        if state is None:
-            return
-        now = utcnow()
-        with self.db.session() as session:
-            record = session.get(Association, state.record_id)
-            if record is not None:
-                record.outcome = outcome
-                record.ended_at = now
-                record.instances_stored = state.stored
-                record.instances_failed = state.failed
-            if outcome == "released":
-                mark_released(session, sorted(state.studies - still_open), now)
-        log.info(
-            f"association {outcome}",
-            extra={"calling_ae": state.calling_ae, "peer": state.peer},
-        )
+        if state is not None:
+            close_record(self.db, state, outcome, state.abort_reason or reason, still_open)
 
     def _on_released(self, event: evt.Event) -> None:
         self._end(event, "released")
@@ -246,9 +276,33 @@ class StorageSCP:
     def _on_aborted(self, event: evt.Event) -> None:
         self._end(event, "aborted")
 
+    def _on_pdu(self, event: evt.Event) -> None:
+        """Note who aborted and why, so the association record says so."""
+        pdu = event.pdu
+        if not isinstance(pdu, A_ABORT_RQ):
+            return
+        sent = event.event is evt.EVT_PDU_SENT
+        who = "A-ABORT sent" if sent else "A-ABORT received"
+        why = " (malformed or unexpected message)" if sent else ""
+        self.pdu_refused(
+            event.assoc,
+            f"{who}{why}: source {pdu.source}, reason {pdu.reason_diagnostic}",
+        )
+
+    def _on_acse_sent(self, event: evt.Event) -> None:
+        # pynetdicom aborting from the association thread (a message on an unknown context,
+        # a timeout, our shutdown): this fires before EVT_ABORTED; the PDU goes out later.
+        if isinstance(event.primitive, A_ABORT):
+            reason = "A-ABORT sent (invalid message or context, timeout, or shutdown)"
+            self.pdu_refused(event.assoc, reason)
+
+    def _on_rejected(self, event: evt.Event) -> None:
+        # pynetdicom's own rejection after our handler accepted (association limit reached).
+        self._end(event, "rejected", "rejected by the DICOM stack (scp.max_associations reached?)")
+
     def _on_closed(self, event: evt.Event) -> None:
         # A connection dropped without A-RELEASE or A-ABORT: treat it as aborted.
-        self._end(event, "aborted")
+        self._end(event, "aborted", "connection closed without A-RELEASE")
 
     # -- DIMSE services --------------------------------------------------------------------
 
@@ -270,7 +324,7 @@ class StorageSCP:
                 state.failed += 1
         return answer
 
-    def _receive(self, event: evt.Event, state: _Session | None, origin: Origin) -> int | Dataset:
+    def _receive(self, event: evt.Event, state: Session | None, origin: Origin) -> int | Dataset:
         result = ingest(
             self.db,
             self.store,

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from scp.checks import relaxations
+
 
 class TlsSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -45,9 +47,23 @@ class ScpSettings(BaseModel):
         default_factory=lambda: ["127.0.0.1/32", "::1/128"],
         description="Peer addresses or networks (CIDR) accepted; empty accepts any.",
     )
-    max_associations: int = Field(10, ge=1, le=1000)
+    max_associations: int = Field(
+        10, ge=1, le=1000, description="Associations served at once (connections that sent one)."
+    )
     max_pdu_size: int = Field(
-        262144, ge=0, description="Largest PDU we accept, bytes; 0 means unlimited."
+        262144,
+        ge=4096,
+        le=64 * 1024 * 1024,
+        description="Largest PDU we accept, bytes: advertised, and enforced after A-ASSOCIATE-RQ.",
+    )
+    association_request_timeout_s: float = Field(
+        5.0, gt=0, description="Seconds a new connection has to deliver its A-ASSOCIATE-RQ."
+    )
+    max_connections_per_host: int = Field(
+        10, ge=1, le=1000, description="TCP connections open at once from one address."
+    )
+    max_pending_connections: int = Field(
+        32, ge=1, le=1000, description="Connections, all hosts, still waiting for A-ASSOCIATE-RQ."
     )
     acse_timeout_s: float = Field(30.0, gt=0)
     dimse_timeout_s: float = Field(30.0, gt=0)
@@ -231,3 +247,20 @@ class DicomwebSettings(BaseModel):
 
     def host_allowed(self, address: str) -> bool:
         return ScpSettings.model_construct(allowed_hosts=self.allowed_hosts).host_allowed(address)
+
+
+class ValidationSettings(BaseModel):
+    """The ``[validation]`` section: the checks every received instance must pass."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    relax: list[str] = Field(
+        default_factory=list,
+        description="Checks not enforced, for modalities that need it; empty: all enforced.",
+    )
+
+    @field_validator("relax")
+    @classmethod
+    def _relaxable(cls, values: list[str]) -> list[str]:
+        relaxations(values)
+        return values

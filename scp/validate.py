@@ -1,18 +1,27 @@
-"""Checks a received dataset before it is stored, mapping each problem to its DICOM status.
+"""Checks a received instance before it is stored, mapping each problem to its DICOM status.
 
-Used by every way in (C-STORE and STOW-RS), so both refuse the same things for the same
-reasons. Statuses follow PS3.4 Table B.2-1: 0xA900 the dataset does not match the SOP class
-(a required UID is missing, or the class differs from the negotiated one), 0xC000 cannot
-understand (a malformed value), 0xC210 the dataset could not be decoded at all.
+Used by every way in (C-STORE and STOW-RS, through ``scp.ingest``), so both refuse the same
+things for the same reasons. ``check_encoding`` walks the bytes (``scp.structure``);
+``inspect_dataset`` checks the values: UIDs, the image description against the pixel data.
+Statuses follow PS3.4 Table B.2-1: 0xA900 the dataset does not match the SOP class (a required
+UID or the pixel data of an image is missing, or the class differs from the negotiated one),
+0xC000 cannot understand (a malformed value, tags out of order, file meta in the dataset),
+0xC210 the bytes cannot be decoded under the transfer syntax.
+
+Every rule is enforced unless ``[validation] relax`` names it (only those in
+``scp.checks.RELAXABLE`` may be named).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
+from pydicom.uid import UID, UID_dictionary
 
+from scp.checks import Check
+from scp.structure import PixelLayout, StructureError, check_structure
 from storage.files import InvalidUID, check_uid
 from storage.instances import InstanceMeta
 
@@ -22,6 +31,27 @@ DECODE_FAILED = 0xC210
 OUT_OF_RESOURCES = 0xA700
 
 
+STATUS_OF: dict[Check, int] = {
+    Check.HEADER: DECODE_FAILED,
+    Check.TRANSFER_SYNTAX: DECODE_FAILED,
+    Check.ELEMENT_LENGTH: DECODE_FAILED,
+    Check.VR: DECODE_FAILED,
+    Check.ITEM_TAGS: DECODE_FAILED,
+    Check.ENCAPSULATION: DECODE_FAILED,
+    Check.TRAILING_BYTES: DECODE_FAILED,
+    Check.TAG_ORDER: CANNOT_UNDERSTAND,
+    Check.FILE_META_IN_DATASET: CANNOT_UNDERSTAND,
+    Check.UID: CANNOT_UNDERSTAND,
+    Check.DIMENSIONS: CANNOT_UNDERSTAND,
+    Check.FRAMES: CANNOT_UNDERSTAND,
+    Check.PIXEL_DATA_SHORT: CANNOT_UNDERSTAND,
+    Check.PIXEL_DATA_EXCESS: CANNOT_UNDERSTAND,
+    Check.PIXEL_DATA_MISSING: DATASET_MISMATCH,
+}
+VIDEO_SYNTAX_WORDS = ("MPEG", "HEVC", "H.264", "H.265")  # all frames in one stream
+PIXEL_ALTERNATIVES = ("FloatPixelData", "DoubleFloatPixelData", "PixelDataProviderURL")
+
+
 @dataclass
 class RejectedInstance(Exception):
     """An instance we refuse, with the status to answer and a reason a person can act on."""
@@ -29,9 +59,22 @@ class RejectedInstance(Exception):
     status: int
     reason: str
     sop_instance_uid: str | None = None
+    check: Check | None = None  # the rule it broke, when one of ``scp.checks`` did
 
     def __str__(self) -> str:
         return f"0x{self.status:04X} {self.reason}"
+
+
+def _reject(check: Check, reason: str) -> RejectedInstance:
+    return RejectedInstance(STATUS_OF[check], f"{check.value}: {reason}", check=check)
+
+
+def check_encoding(data: bytes, transfer_syntax: str, relax: frozenset[Check]) -> PixelLayout:
+    """Walk the file's bytes under ``transfer_syntax``; raise RejectedInstance if broken."""
+    try:
+        return check_structure(data, transfer_syntax, relax)
+    except StructureError as exc:
+        raise _reject(exc.check, str(exc)) from exc
 
 
 def _decode_everything(ds: Dataset) -> None:
@@ -65,28 +108,75 @@ def _uid(ds: Dataset, keyword: str, name: str) -> str:
     try:
         return check_uid(value, name)
     except InvalidUID as exc:
-        raise RejectedInstance(CANNOT_UNDERSTAND, str(exc)) from exc
+        raise _reject(Check.UID, str(exc)) from exc
 
 
-def _check_pixel_length(ds: Dataset, transfer_syntax: UID) -> None:
-    if "PixelData" not in ds or transfer_syntax.is_compressed:
-        return
+def is_image_class(sop_class: str) -> bool:
+    """An image storage SOP class (by pydicom's UID dictionary): it must carry pixel data."""
+    entry = UID_dictionary.get(sop_class)
+    return entry is not None and "Image Storage" in entry[0]
+
+
+def _positive(ds: Dataset, keyword: str, check: Check, default: int | None = None) -> int:
+    value = ds.get(keyword)
+    if value in (None, "") and default is not None:
+        return default
     try:
-        rows, cols = int(ds.Rows), int(ds.Columns)
-        frames = int(ds.get("NumberOfFrames") or 1)
-        samples = int(ds.get("SamplesPerPixel") or 1)
-        bits = int(ds.BitsAllocated)
-    except (AttributeError, TypeError, ValueError) as exc:
-        raise RejectedInstance(
-            CANNOT_UNDERSTAND, f"pixel data without a usable image description: {exc}"
-        ) from exc
-    expected = rows * cols * frames * samples * bits // 8
-    actual = len(ds.PixelData)
-    if actual < expected:
-        raise RejectedInstance(
-            CANNOT_UNDERSTAND,
-            f"pixel data holds {actual} bytes, the image description needs {expected}",
+        number = int(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise _reject(check, f"{keyword} {value!r} is not a number") from None
+    if number <= 0:
+        raise _reject(check, f"{keyword} is {number}")
+    return number
+
+
+def _check_pixels(
+    ds: Dataset, sop_class: str, syntax: UID, pixels: PixelLayout | None, relax: frozenset[Check]
+) -> None:
+    """An image has pixel data, and the pixel data is what its description says."""
+    if "PixelData" not in ds:
+        if is_image_class(sop_class) and not any(k in ds for k in PIXEL_ALTERNATIVES):
+            raise _reject(Check.PIXEL_DATA_MISSING, f"an image ({sop_class}) without Pixel Data")
+        return
+    rows = _positive(ds, "Rows", Check.DIMENSIONS)
+    cols = _positive(ds, "Columns", Check.DIMENSIONS)
+    samples = _positive(ds, "SamplesPerPixel", Check.DIMENSIONS, default=1)
+    bits = _positive(ds, "BitsAllocated", Check.DIMENSIONS)
+    frames = _positive(ds, "NumberOfFrames", Check.FRAMES, default=1)
+    if bits not in (1, 8, 16, 32, 64) or samples > 4:
+        raise _reject(Check.DIMENSIONS, f"Bits Allocated {bits}, Samples per Pixel {samples}")
+    if syntax.is_encapsulated:
+        if pixels is not None:
+            _check_fragments(ds, syntax, pixels, frames)
+        return
+    expected = math.ceil(rows * cols * frames * samples * bits / 8)
+    data = ds.PixelData or b""  # pydicom gives None for an empty value
+    if len(data) < expected:
+        raise _reject(
+            Check.PIXEL_DATA_SHORT,
+            f"pixel data holds {len(data)} bytes, {rows}x{cols}x{frames} frames x{samples} "
+            f"samples at {bits} bits need {expected}",
         )
+    excess = bytes(data[expected + expected % 2 :])
+    if excess.strip(b"\x00") and Check.PIXEL_DATA_EXCESS not in relax:
+        raise _reject(
+            Check.PIXEL_DATA_EXCESS,
+            f"pixel data holds {len(data)} bytes, {expected} needed; the rest is not padding",
+        )
+
+
+def _check_fragments(ds: Dataset, syntax: UID, pixels: PixelLayout, frames: int) -> None:
+    if pixels.fragments == 0:
+        raise _reject(Check.FRAMES, "encapsulated pixel data without a fragment")
+    if pixels.offset_table_entries and pixels.offset_table_entries != frames:
+        raise _reject(
+            Check.FRAMES,
+            f"Basic Offset Table lists {pixels.offset_table_entries} frames, "
+            f"Number of Frames is {frames}",
+        )
+    video = any(word in (syntax.name or "") for word in VIDEO_SYNTAX_WORDS)
+    if not video and "ExtendedOffsetTable" not in ds and pixels.fragments < frames:
+        raise _reject(Check.FRAMES, f"{pixels.fragments} pixel data fragments for {frames} frames")
 
 
 SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"  # all Secondary Capture classes
@@ -102,8 +192,14 @@ def inspect_dataset(
     transfer_syntax: str,
     negotiated_sop_class: str | None = None,
     announced_sop_instance: str | None = None,
+    pixels: PixelLayout | None = None,
+    relax: frozenset[Check] = frozenset(),
 ) -> InstanceMeta:
-    """Return what the index needs, or raise RejectedInstance."""
+    """Return what the index needs, or raise RejectedInstance.
+
+    ``pixels`` is what ``check_encoding`` saw of the pixel data (fragment counts of
+    encapsulated pixel data are checked only with it).
+    """
     try:
         _decode_everything(ds)
     except Exception as exc:  # pydicom raises many types for broken encodings
@@ -124,7 +220,7 @@ def inspect_dataset(
                 DATASET_MISMATCH,
                 f"SOP Instance UID {sop_uid} differs from the request's {announced_sop_instance}",
             )
-        _check_pixel_length(ds, UID(transfer_syntax))
+        _check_pixels(ds, sop_class, UID(transfer_syntax), pixels, relax)
     except RejectedInstance as exc:
         exc.sop_instance_uid = sop_uid
         raise

@@ -15,6 +15,7 @@ from datetime import datetime
 from storage.db import Database
 from storage.jobs import enqueue_stable_studies
 from storage.models import utcnow
+from storage.polling import poll
 from storage.settings import AssemblySettings
 
 log = logging.getLogger(__name__)
@@ -42,9 +43,4 @@ class StudyAssembler:
         return queued
 
     def run(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            try:
-                self.tick()
-            except Exception:
-                log.exception("study assembly tick failed; retrying")
-            stop.wait(self.settings.poll_interval_s)
+        poll(self.tick, stop, self.settings.poll_interval_s, log, "study assembly")

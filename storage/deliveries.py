@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, select, update
 from sqlalchemy.orm import Session
 
+from storage.db import skip_locked
 from storage.models import (
     DELIVERY_DONE,
     DELIVERY_FAILED,
@@ -59,6 +60,10 @@ def enqueue_missing(
         )
         if not include_not_scored:
             query = query.where(Verdict.outcome != NOT_SCORED)
+        # Several dispatchers (one per worker host): a verdict another one is queuing is
+        # skipped on PostgreSQL; on SQLite the write transaction already serialises them.
+        if session.get_bind().dialect.name == "postgresql":
+            query = query.with_for_update(of=Verdict, skip_locked=True)
         for verdict_id in session.scalars(query).all():
             session.add(
                 Delivery(
@@ -90,6 +95,32 @@ def due_deliveries(
         .limit(limit)
     ).all()
     return [DueDelivery(r.id, r.verdict_id, r.destination, r.attempts) for r in rows]
+
+
+def claim_due_deliveries(
+    session: Session, destinations: Sequence[str], now: datetime, lease_s: float, limit: int = 4
+) -> list[DueDelivery]:
+    """Like ``due_deliveries``, for a dispatcher that shares the queue with others: the rows
+    it returns are not due again for ``lease_s`` (the attempt's outcome sets the next time),
+    so no two dispatchers send the same delivery at once; a dispatcher killed mid-send leaves
+    them to be sent again after the lease. Locked rows are skipped on PostgreSQL."""
+    query = (
+        select(Delivery)
+        .where(
+            Delivery.state == DELIVERY_PENDING,
+            Delivery.next_attempt_at <= now,
+            Delivery.destination.in_(list(destinations)),
+        )
+        .order_by(Delivery.next_attempt_at, Delivery.id)
+        .limit(limit)
+    )
+    claimed = []
+    for delivery in session.scalars(skip_locked(session, query)).all():
+        delivery.next_attempt_at = now + timedelta(seconds=lease_s)
+        claimed.append(
+            DueDelivery(delivery.id, delivery.verdict_id, delivery.destination, delivery.attempts)
+        )
+    return claimed
 
 
 def mark_delivered(session: Session, delivery_id: int, now: datetime) -> None:

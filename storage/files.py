@@ -14,7 +14,9 @@ import re
 import secrets
 from pathlib import Path
 
-_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+from pydicom.uid import UID
+
+_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")  # used with fullmatch: no "$" trap
 TEMP_SUFFIX = ".partial"
 
 
@@ -23,11 +25,17 @@ class InvalidUID(ValueError):
 
 
 def check_uid(value: object, name: str) -> str:
-    """Return ``value`` as a UID string, or raise InvalidUID saying which one is wrong."""
-    text = str(value).strip().rstrip("\x00") if value is not None else ""
+    """Return ``value`` as a UID string, or raise InvalidUID saying which one is wrong.
+
+    Only the padding PS3.5 allows is removed (trailing NULs, and trailing spaces some
+    modalities send); a newline, a NUL inside, or anything else makes the UID invalid. Both
+    pydicom's own check and a full match of the UID grammar must pass: pydicom's regex ends in
+    ``$``, which also matches before a final newline.
+    """
+    text = str(value).rstrip("\x00 ") if value is not None else ""
     if not text:
         raise InvalidUID(f"{name} is missing")
-    if len(text) > 64 or not _UID.match(text):
+    if len(text) > 64 or not UID(text).is_valid or not _UID.fullmatch(text):
         raise InvalidUID(f"{name} {text[:80]!r} is not a valid UID")
     return text
 

@@ -125,15 +125,22 @@ class InstanceStore:
             )
         relpath = instance_relpath(meta.study_uid, meta.series_uid, meta.sop_instance_uid, sha)
         write_atomically(self.root / relpath, data)
-        for attempt in range(2):
-            try:
-                with self.db.session() as session:
-                    return self._index(session, meta, origin, relpath, sha, len(data))
-            except IntegrityError:
-                # Another association indexed the same UID at the same moment (non-SQLite
-                # backends); the second pass sees its row and resolves duplicate/replace.
-                if attempt:
-                    raise
+        try:
+            for attempt in range(2):
+                try:
+                    with self.db.session() as session:
+                        return self._index(session, meta, origin, relpath, sha, len(data))
+                except IntegrityError:
+                    # Another association indexed the same UID at the same moment (non-SQLite
+                    # backends); the second pass sees its row and resolves duplicate/replace.
+                    if attempt:
+                        raise
+        except Exception:
+            # Not indexed (a full or locked database): the answer will be a failure, so the
+            # new file goes too. A file an index row already names (same bytes) stays.
+            if known is None or known.sha256 != sha:
+                (self.root / relpath).unlink(missing_ok=True)
+            raise
         raise AssertionError("unreachable")
 
     def _index(

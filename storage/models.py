@@ -25,6 +25,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
+from storage.states import DeliveryState, EnumText, JobState, StudyState, VerdictOutcome
+
 
 class UTCDateTime(TypeDecorator[datetime]):
     """Aware UTC datetimes in, aware UTC datetimes out, whatever the backend keeps."""
@@ -51,22 +53,13 @@ class Base(DeclarativeBase):
     pass
 
 
-# Study states, in the order a study normally passes through them.
-RECEIVING, QUEUED, SCORING, DONE, FAILED = "receiving", "queued", "scoring", "done", "failed"
-STUDY_STATES = (RECEIVING, QUEUED, SCORING, DONE, FAILED)
-
-# Job states. SUPERSEDED: a newer version of the study arrived before the job ran.
-JOB_QUEUED, JOB_RUNNING, JOB_DONE, JOB_FAILED, JOB_SUPERSEDED = (
-    "queued",
-    "running",
-    "done",
-    "failed",
-    "superseded",
-)
-
-# Verdict outcomes.
-TAMPERED, SUSPICIOUS, CLEAN, NOT_SCORED = "tampered", "suspicious", "clean", "not_scored"
-VERDICT_OUTCOMES = (TAMPERED, SUSPICIOUS, CLEAN, NOT_SCORED)
+# The state enums live in storage/states.py; these short names are what the rest of the code
+# (and older imports) use for their members.
+RECEIVING, QUEUED, SCORING, DONE, FAILED = StudyState
+STUDY_STATES = tuple(StudyState)
+JOB_QUEUED, JOB_RUNNING, JOB_DONE, JOB_FAILED, JOB_SUPERSEDED = JobState
+TAMPERED, SUSPICIOUS, CLEAN, NOT_SCORED = VerdictOutcome
+VERDICT_OUTCOMES = tuple(VerdictOutcome)
 
 
 class Study(Base):
@@ -79,7 +72,9 @@ class Study(Base):
     study_date: Mapped[str | None] = mapped_column(String(8))
     accession_number: Mapped[str | None] = mapped_column(String(16))
     description: Mapped[str | None] = mapped_column(String(64))
-    state: Mapped[str] = mapped_column(String(16), default=RECEIVING, index=True)
+    state: Mapped[StudyState] = mapped_column(
+        EnumText(StudyState), default=StudyState.RECEIVING, index=True
+    )
     # Bumped when an instance arrives after the study was queued: each version is scored once.
     version: Mapped[int] = mapped_column(Integer, default=1)
     first_received_at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -161,7 +156,7 @@ class Job(Base):
     kind: Mapped[str] = mapped_column(String(16))
     study_id: Mapped[int] = mapped_column(ForeignKey("study.id"), index=True)
     study_version: Mapped[int] = mapped_column(Integer)
-    state: Mapped[str] = mapped_column(String(16), default=JOB_QUEUED)
+    state: Mapped[JobState] = mapped_column(EnumText(JobState), default=JobState.QUEUED)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -180,7 +175,7 @@ class Verdict(Base):
     study_id: Mapped[int] = mapped_column(ForeignKey("study.id"), index=True)
     study_version: Mapped[int] = mapped_column(Integer)
     job_id: Mapped[int | None] = mapped_column(ForeignKey("job.id"))
-    outcome: Mapped[str] = mapped_column(String(16))
+    outcome: Mapped[VerdictOutcome] = mapped_column(EnumText(VerdictOutcome))
     reason: Mapped[str | None] = mapped_column(Text)
     score: Mapped[float | None] = mapped_column(Float)
     is_current: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
@@ -194,7 +189,7 @@ class Verdict(Base):
 
 
 # Where a region to check came from.
-REGION_SOURCES = ("proposal", "window", "csv", "admin")
+REGION_SOURCES = ("proposal", "hotspot", "repeat", "window", "csv", "admin")
 
 
 class Region(Base):
@@ -216,12 +211,19 @@ class Region(Base):
     p_value: Mapped[float | None] = mapped_column(Float)  # fused over detectors
     flagged: Mapped[bool] = mapped_column(Boolean, default=False)
     heatmap_path: Mapped[str | None] = mapped_column(String(512))  # relative to data_dir
+    # Where the slice sits in its series (0 = first along the slice normal), its position
+    # along that normal and its Instance Number: what a reader needs to find the slice.
+    slice_index: Mapped[int | None] = mapped_column(Integer)
+    z_mm: Mapped[float | None] = mapped_column(Float)
+    instance_number: Mapped[int | None] = mapped_column(Integer)
+    # Flagged regions of one 3-D lesion share a finding number (1, 2, ... per verdict);
+    # see storage/findings.py. None for regions that were not flagged.
+    finding: Mapped[int | None] = mapped_column(Integer)
 
     verdict: Mapped[Verdict] = relationship(back_populates="regions")
 
 
-# Delivery states of a report to one destination.
-DELIVERY_PENDING, DELIVERY_DONE, DELIVERY_FAILED = "pending", "delivered", "failed"
+DELIVERY_PENDING, DELIVERY_DONE, DELIVERY_FAILED = DeliveryState
 
 
 class Delivery(Base):
@@ -236,7 +238,9 @@ class Delivery(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     verdict_id: Mapped[int] = mapped_column(ForeignKey("verdict.id"), index=True)
     destination: Mapped[str] = mapped_column(String(64))
-    state: Mapped[str] = mapped_column(String(16), default=DELIVERY_PENDING)
+    state: Mapped[DeliveryState] = mapped_column(
+        EnumText(DeliveryState), default=DeliveryState.PENDING
+    )
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)
     last_error: Mapped[str | None] = mapped_column(Text)
@@ -316,6 +320,26 @@ Index("ix_instance_calling_ae", Instance.calling_ae)
 Index("ix_series_modality", Series.modality)
 Index("ix_study_patient_id", Study.patient_id)
 Index("ix_verdict_outcome", Verdict.outcome)
+# Filtered lists and their counts as index-only lookups (migration 0006): current verdicts by
+# outcome, and series by modality with their study.
+Index(
+    "ix_verdict_current_outcome",
+    Verdict.outcome,
+    Verdict.study_id,
+    postgresql_where=Verdict.is_current,
+    sqlite_where=Verdict.is_current,
+)
+Index("ix_series_modality_study", Series.modality, Series.study_id)
+
+# PostgreSQL only (migration 0006, when the pg_trgm extension can be created): trigram indexes
+# for the studies list's patient search (ID prefix LIKE, name ILIKE '%...%'). Not in the
+# metadata, since SQLite has no equivalent; schema comparisons skip them (``include_object``).
+POSTGRESQL_ONLY_INDEXES = ("ix_study_patient_id_trgm", "ix_study_patient_name_trgm")
+
+
+def include_object(obj: Any, name: str | None, type_: str, reflected: bool, compare: Any) -> bool:
+    """Alembic's filter: leave the PostgreSQL-only indexes out of model/schema comparisons."""
+    return not (type_ == "index" and name in POSTGRESQL_ONLY_INDEXES)
 
 
 # --- scheduled retraining: the model registry and training runs (migration 0004) ----------

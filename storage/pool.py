@@ -22,8 +22,9 @@ to accept them. So an instance enters only if ALL of these hold:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -64,7 +65,68 @@ def _admin_confirmed(marks: Sequence[Mark], version: int) -> bool | None:
     return bool(study_marks) and study_marks[-1].study_version == version
 
 
-def select_pool(
+@dataclass
+class PoolReport:
+    """Why instances did not enter the pool, counted per filter (for the operator)."""
+
+    studies: int = 0  # scored studies (current verdict of the current version)
+    not_clean: dict[str, int] = field(default_factory=dict)  # by verdict outcome
+    in_quarantine: int = 0
+    marked: int = 0
+    failed_scoring: int = 0
+    no_instances_of_modality: int = 0
+    untrusted: int = 0
+    replaced: int = 0
+    duplicates: int = 0
+    admitted: int = 0
+
+    def reasons(self, modality: str, quarantine_days: float) -> list[str]:
+        """One line per filter that removed something, naming the config key that moves it."""
+        out = []
+        if self.studies == 0:
+            out.append(
+                f"no scored {modality} study yet: studies enter once received, settled and given "
+                "a verdict by a running 'tamperscan serve'"
+            )
+        for outcome, count in sorted(self.not_clean.items()):
+            out.append(
+                f"{count} studies have verdict {outcome!r}; only clean ones train (not_scored "
+                "'no model for ...' counts only while the modality has no production model)"
+            )
+        if self.in_quarantine:
+            out.append(
+                f"{self.in_quarantine} studies are younger than [retrain] quarantine_days = "
+                f"{quarantine_days:g} (lower it, or use 'tamperscan retrain --bootstrap' for "
+                "the first models)"
+            )
+        if self.marked:
+            out.append(f"{self.marked} studies carry an admin mark other than 'genuine'")
+        if self.failed_scoring:
+            out.append(f"{self.failed_scoring} studies are not_scored because scoring failed")
+        if self.no_instances_of_modality:
+            out.append(f"{self.no_instances_of_modality} studies have no {modality} instances")
+        if self.untrusted:
+            out.append(
+                f"{self.untrusted} instances came from calling AEs not in [retrain] "
+                "trusted_calling_aets (add the modality's AE title, or mark the study genuine)"
+            )
+        if self.replaced:
+            out.append(f"{self.replaced} instances were replaced by other bytes (never trained)")
+        if self.duplicates:
+            out.append(f"{self.duplicates} instances are byte-identical duplicates")
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def select_pool(session: Session, **criteria: Any) -> list[PoolInstance]:
+    """The admitted instances, deterministic order (patient, series, number); the criteria are
+    those of :func:`select_pool_with_report`."""
+    return select_pool_with_report(session, **criteria)[0]
+
+
+def select_pool_with_report(
     session: Session,
     *,
     modality: str,
@@ -73,51 +135,63 @@ def select_pool(
     quarantine_days: float,
     max_per_patient: int,
     bootstrap: bool = False,
-) -> list[PoolInstance]:
-    """The admitted instances of ``modality``, deterministic order (patient, series, number)."""
+) -> tuple[list[PoolInstance], PoolReport]:
+    """The admitted instances of ``modality`` and the count of what each filter removed."""
+    report = PoolReport()
     cutoff = now - timedelta(days=quarantine_days)
     outcomes = [CLEAN, NOT_SCORED] if bootstrap else [CLEAN]
     studies = session.execute(
         select(Study, Verdict.outcome, Verdict.reason)
         .join(Verdict, (Verdict.study_id == Study.id) & Verdict.is_current.is_(True))
-        .where(
-            Study.state == DONE,
-            Verdict.study_version == Study.version,
-            Verdict.outcome.in_(outcomes),
-            Study.last_received_at <= cutoff,
-        )
+        .where(Study.state == DONE, Verdict.study_version == Study.version)
     ).all()
-    if not studies:
-        return []
-    ids = [row[0].id for row in studies]
+    report.studies = len(studies)
+    admitted = []
+    for study, outcome, reason in studies:
+        if outcome not in outcomes:
+            report.not_clean[outcome] = report.not_clean.get(outcome, 0) + 1
+        elif outcome == NOT_SCORED and not (reason or "").startswith(NO_MODEL_REASON):
+            report.failed_scoring += 1  # failed scoring is no evidence of anything
+        elif study.last_received_at > cutoff:
+            report.in_quarantine += 1
+        else:
+            admitted.append(study)
+    if not admitted:
+        return [], report
+    ids = [study.id for study in admitted]
     marks: dict[int, list[Mark]] = {}
     for mark in session.scalars(select(Mark).where(Mark.study_id.in_(ids))):
         marks.setdefault(mark.study_id, []).append(mark)
     trusted = {ae.strip() for ae in trusted_calling_aets}
     by_patient: dict[str, list[PoolInstance]] = {}
     seen: set[str] = set()
-    for study, outcome, reason in sorted(studies, key=lambda row: row[0].id):
+    for study in sorted(admitted, key=lambda s: s.id):
         confirmed = _admin_confirmed(marks.get(study.id, []), study.version)
         if confirmed is None:
+            report.marked += 1
             continue
-        if outcome == NOT_SCORED and not (reason or "").startswith(NO_MODEL_REASON):
-            continue  # failed scoring is no evidence of anything
         rows = session.execute(
             select(Instance, Series.series_uid)
             .join(Series, Series.id == Instance.series_id)
             .where(
                 Instance.study_id == study.id,
                 Series.modality == modality,
-                Instance.replaced_count == 0,
                 Instance.received_at <= cutoff,
             )
             .order_by(Series.series_uid, Instance.instance_number, Instance.id)
         ).all()
+        if not rows:
+            report.no_instances_of_modality += 1
         patient = study.patient_id or study.study_uid
         for instance, series_uid in rows:
+            if instance.replaced_count:
+                report.replaced += 1
+                continue
             if not confirmed and (instance.calling_ae or "").strip() not in trusted:
+                report.untrusted += 1
                 continue
             if instance.sha256 in seen:
+                report.duplicates += 1
                 continue
             seen.add(instance.sha256)
             by_patient.setdefault(patient, []).append(
@@ -138,4 +212,5 @@ def select_pool(
             step = len(items) / max_per_patient
             items = [items[int(i * step)] for i in range(max_per_patient)]
         pool.extend(items)
-    return pool
+    report.admitted = len(pool)
+    return pool, report

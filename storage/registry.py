@@ -21,7 +21,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from storage.audit import audit
-from storage.jobs import _pid_alive
+from storage.leases import owner_dead_here
 from storage.models import (
     MODEL_CANDIDATE,
     MODEL_PRODUCTION,
@@ -106,8 +106,13 @@ def start_run(
         session.delete(run)
         session.expire(lock)
         return RunHolder(lock.run_id, lock.owner)
-    audit(session, actor=actor or owner, action="retrain.start", target=f"run:{run.id}",
-          detail={"trigger": trigger, "budget": budget})
+    audit(
+        session,
+        actor=actor or owner,
+        action="retrain.start",
+        target=f"run:{run.id}",
+        detail={"trigger": trigger, "budget": budget},
+    )
     return run
 
 
@@ -165,8 +170,13 @@ def finish_run(
     if error:
         _reject_leftover_candidates(session, run_id, f"run {run_id} failed: {error}"[:2000])
     _release(session, run_id)
-    audit(session, actor=run.actor or run.owner or "retrain", action="retrain.finish",
-          target=f"run:{run_id}", detail={"state": run.state, "error": error})
+    audit(
+        session,
+        actor=run.actor or run.owner or "retrain",
+        action="retrain.finish",
+        target=f"run:{run_id}",
+        detail={"state": run.state, "error": error},
+    )
 
 
 def fail_dead_runs(session: Session, now: datetime) -> list[int]:
@@ -175,11 +185,9 @@ def fail_dead_runs(session: Session, now: datetime) -> list[int]:
     Called before every run and at every serve start, so a run killed midway (SIGKILL, power
     cut) never leaves the lock held nor a half-judged candidate looking like a live one.
     """
-    host = socket.gethostname()
     failed = []
     for run in session.scalars(select(TrainingRun).where(TrainingRun.state == RUN_RUNNING)):
-        owner_host, _, pid_text = (run.owner or "").partition(":")
-        dead_here = owner_host == host and pid_text.isdigit() and not _pid_alive(int(pid_text))
+        dead_here = owner_dead_here(run.owner)
         lapsed = run.lease_expires_at is not None and run.lease_expires_at < now
         if not (dead_here or lapsed):
             continue
@@ -260,8 +268,13 @@ def reject(session: Session, version_id: int, reason: str, actor: str) -> ModelV
         raise RegistryError(f"version {version_id} is {version.state}, not a candidate")
     version.state = MODEL_REJECTED
     version.reason = reason
-    audit(session, actor=actor, action="model.reject", target=f"model:{version_id}",
-          detail={"detector": version.detector, "modality": version.modality, "reason": reason})
+    audit(
+        session,
+        actor=actor,
+        action="model.reject",
+        target=f"model:{version_id}",
+        detail={"detector": version.detector, "modality": version.modality, "reason": reason},
+    )
     return version
 
 
@@ -352,8 +365,13 @@ def rollback(
     before.promoted_at = now
     before.retired_at = None
     before.reason = f"restored by rollback of version {current.id}"
-    audit(session, actor=actor, action="model.rollback", target=f"model:{before.id}",
-          detail={"detector": detector, "modality": modality, "retired": current.id})
+    audit(
+        session,
+        actor=actor,
+        action="model.rollback",
+        target=f"model:{before.id}",
+        detail={"detector": detector, "modality": modality, "retired": current.id},
+    )
     return before
 
 

@@ -19,7 +19,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from admin.settings import AdminSettings
 from detector.settings import DetectorSettings, RetrainSettings, WorkerSettings
-from scp.settings import DeliverySettings, DicomwebSettings, ReportSettings, ScpSettings
+from scp.settings import (
+    DeliverySettings,
+    DicomwebSettings,
+    ReportSettings,
+    ScpSettings,
+    ValidationSettings,
+)
 from storage.settings import AssemblySettings, StorageSettings
 
 ENV_PREFIX = "TAMPERSCAN_"
@@ -45,6 +51,7 @@ class Settings(BaseModel):
     reports: ReportSettings = Field(default_factory=ReportSettings)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     dicomweb: DicomwebSettings = Field(default_factory=DicomwebSettings)
+    validation: ValidationSettings = Field(default_factory=ValidationSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
 

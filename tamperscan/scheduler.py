@@ -10,7 +10,8 @@
 - ``run_now`` (the admin action) submits the same job function once, immediately.
 
 APScheduler pickles jobs into the store, so the job is this module's ``scheduled_retrain``,
-which finds the live runner of the database it names.
+which finds the live runner of the database it names. The name stored is the database URL
+with its password masked (``Database.safe_url``): secrets never land in a table.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ _runners_lock = threading.Lock()
 
 
 def scheduled_retrain(db_url: str, trigger: str = "schedule", actor: str | None = None) -> None:
-    """The stored job: run retraining with the runner registered for ``db_url``."""
+    """The stored job: run retraining with the runner registered for ``db_url`` (the
+    password-masked URL of the service database)."""
     with _runners_lock:
         runner = _runners.get(db_url)
     if runner is None:
@@ -84,14 +86,14 @@ class RetrainScheduler:
 
     def start(self, paused: bool = False) -> None:
         with _runners_lock:
-            _runners[self.db.url] = self._run
+            _runners[self.db.safe_url] = self._run
         self.scheduler.start(paused=True)
         self.scheduler.add_job(
             JOB_FUNC,
             self.trigger,
             id=JOB_ID,
             name="nightly retraining",
-            kwargs={"db_url": self.db.url, "trigger": "schedule"},
+            kwargs={"db_url": self.db.safe_url, "trigger": "schedule"},
             replace_existing=True,
         )
         job = self.scheduler.get_job(JOB_ID)
@@ -112,7 +114,7 @@ class RetrainScheduler:
             JOB_FUNC,
             id=f"{JOB_ID}-now",
             name="retraining now",
-            kwargs={"db_url": self.db.url, "trigger": trigger, "actor": actor},
+            kwargs={"db_url": self.db.safe_url, "trigger": trigger, "actor": actor},
             replace_existing=True,
         )
 
@@ -126,7 +128,7 @@ class RetrainScheduler:
 
     def shutdown(self, wait: bool = True) -> None:
         with _runners_lock:
-            if _runners.get(self.db.url) == self._run:
-                del _runners[self.db.url]
+            if _runners.get(self.db.safe_url) == self._run:
+                del _runners[self.db.safe_url]
         if self.scheduler.running:
             self.scheduler.shutdown(wait=wait)

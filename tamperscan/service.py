@@ -10,20 +10,17 @@ queued jobs and deliveries stay in the database for the next start.
 from __future__ import annotations
 
 import logging
-import signal
-import threading
-from types import FrameType
 
 from admin.http import HttpServer, create_app
 from admin.report import AdminReport
+from detector.model_set import ModelSet
 from detector.retrain import Retrainer
 from detector.serving import ProductionModels
-from detector.study_scoring import ModelSet, StudyScorer
-from detector.worker import ScoringWorker
+from detector.study_scoring import StudyScorer
 from scp.dicomweb import StowService
-from scp.dispatch import Dispatcher
+from scp.ingest import set_default_relax
 from scp.server import StorageSCP
-from storage.admin_queries import ActionError
+from storage.admin_actions import ActionError
 from storage.assembly import StudyAssembler
 from storage.db import Database
 from storage.files import remove_partial_files
@@ -33,6 +30,7 @@ from storage.models import utcnow
 from storage.registry import fail_dead_runs
 from tamperscan.config import Settings
 from tamperscan.scheduler import RetrainScheduler
+from tamperscan.stages import Stages, run_until_signalled, start_delivery, start_scoring
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +40,7 @@ class Service:
         self.settings = settings
         self.db = Database(settings.storage.resolved_database_url())
         self.store = InstanceStore(self.db, settings.storage.data_dir, settings.storage.min_free_mb)
+        set_default_relax(settings.validation.relax)  # C-STORE and STOW-RS alike
         self.scp = StorageSCP(settings.scp, self.db, self.store)
         routers = []
         if settings.dicomweb.enabled:
@@ -57,11 +56,16 @@ class Service:
                 models=lambda: self.models.describe() if self.models is not None else [],
                 readiness={"dicom_listener": self._scp_ready, "models": self._models_ready},
                 retrain_now=self._retrain_now if settings.retrain.enabled else None,
+                disk_watermark_mb=settings.storage.min_free_mb,
             )
             self.report.install(self.app)
-        self.http = HttpServer(self.app, settings.admin.host, settings.admin.port)
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self.http = HttpServer(
+            self.app,
+            settings.admin.host,
+            settings.admin.port,
+            trusted_proxies=[str(net) for net in settings.admin.trusted_proxies],
+        )
+        self.stages = Stages()
         self.scheduler: RetrainScheduler | None = None
         self.production: ProductionModels | None = None
 
@@ -77,34 +81,20 @@ class Service:
             "storage ready",
             extra={
                 "data_dir": str(settings.storage.data_dir),
-                "database": self._safe_url(),
+                "database": self.db.safe_url,
                 "partial_files_removed": leftovers,
                 "jobs_requeued": requeued,
             },
         )
         assembler = StudyAssembler(self.db, settings.assembly)
-        self._spawn("assembler", assembler.run)
+        self.stages.spawn("assembler", assembler.run)
         scorer = None
         if settings.worker.enabled:
             # The registry's production models plus [detector] models, reloaded on promotion.
-            self.production = ProductionModels(
-                self.db, settings.storage.data_dir, settings.detector,
-                settings.retrain.reload_interval_s,
+            self.production, scorer = start_scoring(
+                self.db, settings, self.stages, on_swap=lambda new: setattr(self, "models", new)
             )
-            models = self.production.load()
-            self.models = models
-            scorer = StudyScorer(self.db, settings.storage.data_dir, settings.detector, models)
-            self.production.scorer = scorer
-            self.production.on_swap = lambda new: setattr(self, "models", new)
-            self._spawn("model-reload", self.production.run)
-            for n in range(settings.worker.concurrency):
-                worker = ScoringWorker(self.db, scorer, settings.worker, name=f"worker-{n + 1}")
-                self._spawn(f"worker-{n + 1}", worker.run)
-        if settings.delivery.destination_names():
-            dispatcher = Dispatcher(
-                self.db, settings.storage.data_dir, settings.reports, settings.delivery
-            )
-            self._spawn("dispatcher", dispatcher.run)
+        start_delivery(self.db, settings, self.stages)
         if settings.retrain.enabled:
             self._start_retraining(scorer)
         self.scp.start()
@@ -136,7 +126,7 @@ class Service:
             self.settings.storage.data_dir,
             self.settings.retrain,
             between_steps=scorer.activity.yield_to_scoring if scorer is not None else None,
-            stop=self._stop,
+            stop=self.stages.stop_event,
         )
 
         def run(trigger: str, actor: str | None) -> None:
@@ -147,42 +137,17 @@ class Service:
         self.scheduler = RetrainScheduler(self.db, self.settings.retrain, run)
         self.scheduler.start()
 
-    def _safe_url(self) -> str:
-        return self.db.engine.url.render_as_string(hide_password=True)
-
-    def _spawn(self, name: str, target: object) -> None:
-        thread = threading.Thread(target=target, args=(self._stop,), name=name, daemon=True)
-        thread.start()
-        self._threads.append(thread)
-
     def stop(self) -> None:
         log.info("shutting down")
         self.http.stop()
         self.scp.stop()
-        self._stop.set()  # a running retraining stops at its next step, recorded as failed
+        self.stages.stop_event.set()  # a running retraining stops at its next step, as failed
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=True)
-        for thread in self._threads:
-            thread.join(timeout=30)
+        self.stages.join(timeout_s=30)
         self.db.dispose()
         log.info("stopped")
 
     def run_until_signalled(self) -> None:
         """Block until SIGTERM or SIGINT, then stop cleanly."""
-        signalled = threading.Event()
-
-        def _handler(signum: int, _frame: FrameType | None) -> None:
-            log.info("signal received", extra={"signal": signal.Signals(signum).name})
-            signalled.set()
-
-        previous = {sig: signal.signal(sig, _handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            self.start()
-            # Wake up regularly: the kernel may deliver the signal to another thread, and
-            # Python runs handlers only when the main thread executes bytecode.
-            while not signalled.wait(0.5):
-                pass
-        finally:
-            self.stop()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+        run_until_signalled(self.start, self.stop)

@@ -25,14 +25,12 @@ from storage.models import (
     utcnow,
 )
 from storage.registry import add_version
-from tamperscan.service import Service
 from tests.admin_helpers import (
     PASSWORDS,
-    add_test_users,
+    migrated_service,
     record_flagged_verdict,
     store_phantom_study,
 )
-from tests.conftest import make_settings
 
 PUBLIC = {"/login", "/healthz", "/readyz"}
 
@@ -41,10 +39,7 @@ PUBLIC = {"/login", "/healthz", "/readyz"}
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A migrated (not started) service with two users and one flagged phantom study."""
     tmp = tmp_path_factory.mktemp("admin")
-    service = Service(make_settings(tmp))
-    service.settings.storage.data_dir.mkdir(parents=True, exist_ok=True)
-    service.db.migrate()
-    add_test_users(service.db)
+    service = migrated_service(tmp)
     study_id = store_phantom_study(service.store, tmp / "phantoms")
     record_flagged_verdict(service.db, service.settings.storage.data_dir, study_id)
     with service.db.reading() as session:
@@ -118,10 +113,10 @@ def test_every_non_public_route_refuses_an_anonymous_request(world: dict[str, An
 
 def test_session_cookie_flags(world: dict[str, Any]) -> None:
     client = _client(world)
-    cookie = client.get("/login").headers["set-cookie"]
-    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Secure" not in cookie
+    cookie = client.get("/login").headers["set-cookie"].lower()  # attributes: any case
+    assert "httponly" in cookie and "samesite=lax" in cookie and "secure" not in cookie
     https = TestClient(world["service"].app, base_url="https://testserver")
-    assert "Secure" in https.get("/login").headers["set-cookie"]
+    assert "; secure" in https.get("/login").headers["set-cookie"].lower()
 
 
 def test_viewer_sees_but_cannot_act(world: dict[str, Any]) -> None:
@@ -199,9 +194,10 @@ def test_admin_acts_and_every_act_is_audited(world: dict[str, Any]) -> None:
     service, study, region = world["service"], world["study_id"], world["region_id"]
     detail = client.get(f"/studies/{study}")
     assert detail.status_code == 200
-    assert f"/regions/{region}.png" in detail.text and "0.0004" in detail.text
-    image = client.get(f"/regions/{region}.png")
-    assert image.status_code == 200 and image.content.startswith(b"\x89PNG")
+    assert f"/regions/{region}/crop.png" in detail.text and "0.0004" in detail.text
+    for path in (f"/regions/{region}.png", f"/regions/{region}/crop.png?heat=false"):
+        image = client.get(path)
+        assert image.status_code == 200 and image.content.startswith(b"\x89PNG"), path
     response = client.post(
         f"/studies/{study}/mark",
         data={"label": "tampered", "region_id": region, "csrf_token": token},
@@ -230,7 +226,7 @@ def test_admin_acts_and_every_act_is_audited(world: dict[str, Any]) -> None:
     bad = client.post(
         f"/api/studies/{study}/marks", json={"label": "maybe"}, headers={"X-CSRF-Token": token}
     )
-    assert bad.status_code == 409 and "unknown mark" in bad.json()["detail"]
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "label"]
     with service.db.reading() as session:
         study_row = session.get(Study, study)
         assert study_row.version == version_before + 1 and study_row.state == "queued"
@@ -258,7 +254,7 @@ def test_pages_api_readiness_and_metrics(world: dict[str, Any]) -> None:
     listed = client.get("/api/studies", params={"verdict": "tampered", "patient": "PH"}).json()
     assert listed["total"] in (0, 1)
     assert client.get("/api/studies", params={"verdict": "clean"}).json()["total"] == 0
-    assert client.get("/api/studies", params={"from": "yesterday"}).status_code == 409
+    assert client.get("/api/studies", params={"from": "yesterday"}).status_code == 422
     study = client.get(f"/api/studies/{world['study_id']}").json()
     assert study["regions"][0]["flagged"] and study["regions"][0]["scores"]["inpaint"]["p"]
     registry = client.get("/api/models").json()["registry"]
@@ -460,3 +456,33 @@ def test_retrain_now(world: dict[str, Any]) -> None:
             select(AuditEvent.actor).where(AuditEvent.action == "retrain.request")
         ).all()
     assert requests == ["alice"]  # the refused attempts left no audit event behind
+
+
+def test_a_login_ends_after_session_hours_whatever_the_cookie_says(world: dict[str, Any]) -> None:
+    """The cookie is Starlette's signed session; the login time inside it is checked too, so a
+    cookie re-signed later (or kept past its Max-Age) cannot stretch a login."""
+    import json
+    import time
+    from base64 import b64encode
+
+    import itsdangerous
+
+    from admin.auth import COOKIE, password_fingerprint
+    from storage.models import User
+
+    service = world["service"]
+    secret = (service.settings.storage.data_dir / "admin" / "session.key").read_bytes().strip()
+    with service.db.reading() as session:
+        alice = session.scalars(select(User).where(User.username == "alice")).one()
+        fingerprint = password_fingerprint(alice.password_hash)
+    signer = itsdangerous.TimestampSigner(secret.decode("latin-1"))
+
+    def cookie(login_at: float) -> str:
+        data = {"n": "nonce", "u": alice.id, "f": fingerprint, "t": int(login_at)}
+        return signer.sign(b64encode(json.dumps(data).encode())).decode()
+
+    hours = service.settings.admin.session_hours
+    for login_at, status in ((time.time() - 60, 200), (time.time() - hours * 3600 - 60, 303)):
+        client = _client(world)
+        client.cookies.set(COOKIE, cookie(login_at))
+        assert client.get("/studies", follow_redirects=False).status_code == status, login_at

@@ -36,13 +36,13 @@ def _header_elements(ds: pydicom.Dataset) -> dict:
     return out
 
 
-def test_every_attack_was_applied(lab_set: LabSet) -> None:  # noqa: F811
+def test_every_attack_was_applied(lab_set: LabSet) -> None:
     attacks = {r.attack for r in lab_set.result.records}
     assert attacks == set(ATTACKS)
     assert {r.modality for r in lab_set.result.records} <= {"CT", "MR"}
 
 
-def test_changes_only_inside_recorded_regions(lab_set: LabSet) -> None:  # noqa: F811
+def test_changes_only_inside_recorded_regions(lab_set: LabSet) -> None:
     regions_by_file: dict[str, list] = {}
     for rec in lab_set.result.records:
         for reg in rec.regions:
@@ -63,7 +63,7 @@ def test_changes_only_inside_recorded_regions(lab_set: LabSet) -> None:  # noqa:
         assert changed.any(), f"{rel}: recorded as tampered but unchanged"
 
 
-def test_headers_identical_except_pixel_data(lab_set: LabSet) -> None:  # noqa: F811
+def test_headers_identical_except_pixel_data(lab_set: LabSet) -> None:
     for rec in lab_set.result.records:
         for reg in rec.regions:
             a = pydicom.dcmread(lab_set.genuine / reg.path)
@@ -73,7 +73,7 @@ def test_headers_identical_except_pixel_data(lab_set: LabSet) -> None:  # noqa: 
             assert len(a.PixelData) == len(b.PixelData)
 
 
-def test_adversarial_noise_within_bound(lab_set: LabSet) -> None:  # noqa: F811
+def test_adversarial_noise_within_bound(lab_set: LabSet) -> None:
     recs = [r for r in lab_set.result.records if r.attack == "adversarial-noise"]
     assert recs
     for rec in recs:
@@ -91,7 +91,7 @@ def test_adversarial_noise_within_bound(lab_set: LabSet) -> None:  # noqa: F811
         assert (diff[inside] > 0).mean() > 0.5
 
 
-def test_manifest_rows_point_at_the_edits(lab_set: LabSet) -> None:  # noqa: F811
+def test_manifest_rows_point_at_the_edits(lab_set: LabSet) -> None:
     rows = read_manifest(lab_set.tampered / BTD_MANIFEST)
     fake = [r for r in rows if r.label == 1]
     real = [r for r in rows if r.label == 0]
@@ -117,7 +117,7 @@ def test_manifest_rows_point_at_the_edits(lab_set: LabSet) -> None:  # noqa: F81
     assert (lab_set.tampered / REGIONS_JSON).is_file()
 
 
-def test_removal_hides_the_lesion(lab_set: LabSet) -> None:  # noqa: F811
+def test_removal_hides_the_lesion(lab_set: LabSet) -> None:
     rec = next(r for r in lab_set.result.records if r.attack == "removal")
     reg = max(rec.regions, key=lambda g: g.radius_px)
     _, before = _pixels(lab_set.genuine / reg.path)
@@ -132,7 +132,7 @@ def test_removal_hides_the_lesion(lab_set: LabSet) -> None:  # noqa: F811
     )
 
 
-def test_same_seed_same_tampering(lab_set: LabSet, tmp_path: Path) -> None:  # noqa: F811
+def test_same_seed_same_tampering(lab_set: LabSet, tmp_path: Path) -> None:
     again = tamper_dataset(lab_set.genuine, tmp_path / "again", ["adversarial-noise"], 1, seed=3)
     other = tamper_dataset(lab_set.genuine, tmp_path / "again2", ["adversarial-noise"], 1, seed=3)
     assert [(r.path, r.x, r.y) for r in again.rows] == [(r.path, r.x, r.y) for r in other.rows]
@@ -140,7 +140,7 @@ def test_same_seed_same_tampering(lab_set: LabSet, tmp_path: Path) -> None:  # n
 
 def test_cli_errors_are_clean(
     lab_set: LabSet,
-    tmp_path: Path,  # noqa: F811
+    tmp_path: Path,
     capsys: pytest.CaptureFixture,
 ) -> None:
     code = main(

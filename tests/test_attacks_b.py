@@ -41,7 +41,7 @@ def _values(path: Path) -> np.ndarray:
     return np.asarray(apply_modality_lut(ds.pixel_array, ds), dtype=np.float64)
 
 
-def test_both_families_ran_every_attack(lab_set: LabSet) -> None:  # noqa: F811
+def test_both_families_ran_every_attack(lab_set: LabSet) -> None:
     done = {(r.attack, r.family) for r in lab_set.result.records}
     assert done == {(a, f) for a in ATTACKS for f in FAMILIES}
     b = [r for r in lab_set.result.records if r.family == "B"]
@@ -58,7 +58,7 @@ def test_both_families_ran_every_attack(lab_set: LabSet) -> None:  # noqa: F811
     assert {"angle", "scale", "mirror", "blend"} <= set(copy.detail)
 
 
-def test_family_in_every_row_and_record(lab_set: LabSet) -> None:  # noqa: F811
+def test_family_in_every_row_and_record(lab_set: LabSet) -> None:
     rows = read_manifest(lab_set.tampered / BTD_MANIFEST)
     assert {r.family for r in rows if r.label == 1} == set(FAMILIES)
     assert {r.family for r in rows if r.label == 0} == {GENUINE}
@@ -83,7 +83,7 @@ def test_manifest_without_family_column_reads_as_family_a(tmp_path: Path) -> Non
     assert [r.family for r in read_manifest(path)] == ["A", "A"]
 
 
-def test_whitebox_lowers_the_targeted_detectors_score(lab_set: LabSet) -> None:  # noqa: F811
+def test_whitebox_lowers_the_targeted_detectors_score(lab_set: LabSet) -> None:
     recs = [
         r for r in lab_set.result.records if r.family == "B" and r.attack == "adversarial-noise"
     ]
@@ -112,7 +112,7 @@ def test_whitebox_lowers_the_targeted_detectors_score(lab_set: LabSet) -> None: 
 
 def test_whitebox_refuses_without_a_checkpoint(
     lab_set: LabSet,
-    tmp_path: Path,  # noqa: F811
+    tmp_path: Path,
     capsys: pytest.CaptureFixture,
 ) -> None:
     with pytest.raises(TamperError, match="--target-model CKPT for CT, MR"):
@@ -139,7 +139,7 @@ def test_whitebox_refuses_without_a_checkpoint(
     assert code == 2 and "for MR" in err and "Traceback" not in err
 
 
-def test_removal_b_hides_the_lesion(lab_set: LabSet) -> None:  # noqa: F811
+def test_removal_b_hides_the_lesion(lab_set: LabSet) -> None:
     rec = next(r for r in lab_set.result.records if r.attack == "removal" and r.family == "B")
     reg = max(rec.regions, key=lambda g: g.radius_px)
     before = _values(lab_set.genuine / reg.path)
@@ -171,7 +171,7 @@ def test_harmonic_fill_is_smooth_and_poisson_clone_keeps_the_source_gradient() -
 
 
 def test_every_manifest_holds_genuine_lesion_controls(
-    lab_set: LabSet,  # noqa: F811
+    lab_set: LabSet,
     tmp_path: Path,
 ) -> None:
     runs = [read_manifest(lab_set.tampered / BTD_MANIFEST)]
@@ -185,7 +185,7 @@ def test_every_manifest_holds_genuine_lesion_controls(
             assert all(r.label == 0 and r.attack == GENUINE for r in tm)
 
 
-def test_min_rows_fills_every_cell(lab_set: LabSet, tmp_path: Path) -> None:  # noqa: F811
+def test_min_rows_fills_every_cell(lab_set: LabSet, tmp_path: Path) -> None:
     tamper_dataset(
         lab_set.genuine,
         tmp_path / "cells",
@@ -205,7 +205,7 @@ def test_min_rows_fills_every_cell(lab_set: LabSet, tmp_path: Path) -> None:  # 
 
 def test_cli_family_b_writes_family_b_montages(
     lab_set: LabSet,
-    tmp_path: Path,  # noqa: F811
+    tmp_path: Path,
     capsys: pytest.CaptureFixture,
 ) -> None:
     code = main(
@@ -239,7 +239,7 @@ def test_cli_family_b_writes_family_b_montages(
 
 
 def test_overfull_cells_stop_short_and_leave_room_for_controls(
-    lab_set: LabSet,  # noqa: F811
+    lab_set: LabSet,
     tmp_path: Path,
 ) -> None:
     out = tmp_path / "full"

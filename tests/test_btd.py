@@ -79,8 +79,9 @@ def test_detector_scores_locations_with_residual_heatmaps() -> None:
     det = BTDDetector(_tiny(), Preprocessing("CT", 32), device="cpu", precision="fp32")
     assert isinstance(det, Detector)
     hu = np.full((64, 80), 40.0, np.float32)
-    image = SliceImage(hu + np.random.default_rng(0).normal(0, 20, hu.shape).astype(np.float32),
-                       "CT")
+    image = SliceImage(
+        hu + np.random.default_rng(0).normal(0, 20, hu.shape).astype(np.float32), "CT"
+    )
     out = det.score([Location(image, 10, 60), Location(image, 79, 0)])
     assert [r.heatmap.shape for r in out] == [(32, 32), (32, 32)]
     for r in out:
@@ -100,8 +101,13 @@ def _save_like_the_released_trainer(path: Path, modality_size: int = 96) -> torc
 
     torch.manual_seed(3)
     unet = Unet(dim=32, dim_mults=(1, 2, 4, 8), channels=1)
-    diffusion = GaussianDiffusion(unet, objective="pred_noise", image_size=modality_size,
-                                  timesteps=1000, sampling_timesteps=250)
+    diffusion = GaussianDiffusion(
+        unet,
+        objective="pred_noise",
+        image_size=modality_size,
+        timesteps=1000,
+        sampling_timesteps=250,
+    )
     opt = torch.optim.Adam(diffusion.parameters(), lr=8e-6, betas=(0.9, 0.99))
     ema = EMA(diffusion, beta=0.995, update_every=10)
     with torch.no_grad():  # make EMA weights differ from the online ones
@@ -133,8 +139,7 @@ def test_released_btd_layout_loads_strictly_prefers_ema_and_scores(tmp_path: Pat
     for name, p in ema_model.named_parameters():
         torch.testing.assert_close(loaded[name], p)
     assert sum(p.numel() for p in det.diffusion.parameters()) == 9_190_977
-    image = SliceImage(np.random.default_rng(1).normal(0, 30, (128, 128)).astype(np.float32),
-                       "CT")
+    image = SliceImage(np.random.default_rng(1).normal(0, 30, (128, 128)).astype(np.float32), "CT")
     out = det.score([Location(image, 64, 64)])
     assert out[0].heatmap.shape == (96, 96) and np.isfinite(out[0].score) and out[0].score > 0
     with pytest.raises(ValueError, match="no calibration"):
@@ -160,9 +165,14 @@ def test_released_layout_needs_a_modality_and_a_matching_network(tmp_path: Path)
 def test_our_checkpoint_round_trip_and_modality_check(tmp_path: Path) -> None:
     diffusion = _tiny()
     path = save_checkpoint(
-        tmp_path / "btd.ckpt", kind="btd", preprocessing=Preprocessing("MR", 32),
-        model_config=TINY.to_dict(), scoring=BTDScoring(t=3, reduction="centre_mse").to_dict(),
-        model_state=diffusion.state_dict(), step=5, epoch=1,
+        tmp_path / "btd.ckpt",
+        kind="btd",
+        preprocessing=Preprocessing("MR", 32),
+        model_config=TINY.to_dict(),
+        scoring=BTDScoring(t=3, reduction="centre_mse").to_dict(),
+        model_state=diffusion.state_dict(),
+        step=5,
+        epoch=1,
     )
     det = load_btd(str(path), "MRI", device="cpu", precision="fp32")
     assert det.scoring == BTDScoring(t=3, reduction="centre_mse") and det.info["weights"] == "model"
@@ -184,12 +194,15 @@ def test_tiny_btd_trains_and_its_loss_falls() -> None:
     data = torch.from_numpy(_patches(32, 32, seed=2))[:, None]
 
     def batches(epoch: int) -> DataLoader:
-        return DataLoader(TensorDataset(data), batch_size=8, shuffle=True,
-                          generator=torch.Generator().manual_seed(epoch),
-                          collate_fn=lambda items: torch.stack([i[0] for i in items]))
+        return DataLoader(
+            TensorDataset(data),
+            batch_size=8,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(epoch),
+            collate_fn=lambda items: torch.stack([i[0] for i in items]),
+        )
 
-    _, ema, losses = fit("btd", diffusion, batches, epochs=4, lr=2e-3, device="cpu",
-                         progress=False)
+    _, ema, losses = fit("btd", diffusion, batches, epochs=4, lr=2e-3, device="cpu", progress=False)
     assert len(losses) == 16
     first, last = np.mean(losses[:4]), np.mean(losses[-4:])
     assert last < 0.7 * first, (first, last)  # pred_noise MSE starts near 1

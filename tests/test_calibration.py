@@ -16,8 +16,9 @@ from detector.preprocess import Preprocessing
 def test_p_value_is_fraction_at_least_as_extreme_plus_one() -> None:
     cal = Calibration.from_scores([3.0, 1.0, 2.0, 2.0])
     # n = 4: p(s) = (1 + #{g >= s}) / 5
-    np.testing.assert_allclose(cal.p_values([0.5, 1.0, 2.0, 2.5, 3.0, 99.0]),
-                               [5 / 5, 5 / 5, 4 / 5, 2 / 5, 2 / 5, 1 / 5])
+    np.testing.assert_allclose(
+        cal.p_values([0.5, 1.0, 2.0, 2.5, 3.0, 99.0]), [5 / 5, 5 / 5, 4 / 5, 2 / 5, 2 / 5, 1 / 5]
+    )
     assert cal.p_value(1e9) == pytest.approx(0.2)  # never 0: "at most 1/(n+1)"
     assert cal.size == 4
 
@@ -55,8 +56,13 @@ def test_bad_inputs_are_refused() -> None:
 def test_calibration_travels_with_the_checkpoint(tmp_path: Path) -> None:
     cal = Calibration.from_scores(np.random.default_rng(1).random(100))
     path = save_checkpoint(
-        tmp_path / "m.ckpt", kind="inpaint", preprocessing=Preprocessing("MR", 32),
-        model_config={}, scoring={}, model_state={"w": torch.zeros(2)}, calibration=cal,
+        tmp_path / "m.ckpt",
+        kind="inpaint",
+        preprocessing=Preprocessing("MR", 32),
+        model_config={},
+        scoring={},
+        model_state={"w": torch.zeros(2)},
+        calibration=cal,
     )
     loaded = load_checkpoint(path).calibration
     assert loaded is not None

@@ -71,10 +71,12 @@ def pacs(tmp_path: Path) -> Iterator[StoreSCP]:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Database:
-    database = Database(f"sqlite:///{tmp_path / 'data' / 'tamperscan.db'}")
+def db(database_url: str) -> Iterator[Database]:
+    """Once on SQLite, once on PostgreSQL (``database_url`` in conftest.py)."""
+    database = Database(database_url)
     database.migrate()
-    return database
+    yield database
+    database.dispose()
 
 
 def delivery_settings(port: int, **extra: Any) -> DeliverySettings:
@@ -275,7 +277,7 @@ def test_cli_lists_and_resends_failed_deliveries(
     )
     dispatcher.run_once()
     assert only_delivery(db).state == "failed"
-    config = write_config(tmp_path / "config.toml", 0, data_dir)
+    config = write_config(tmp_path / "config.toml", 0, data_dir, storage={"database_url": db.url})
     assert main(["deliveries", "--config", str(config), "--state", "failed"]) == 0
     assert "failed" in capsys.readouterr().out
     assert main(["deliveries", "--config", str(config), "--resend-failed"]) == 0

@@ -12,8 +12,9 @@ import pytest
 from PIL import Image
 
 from detector import registry
-from detector.baselines import CopyMoveDetector, NoiseResidualDetector
+from detector.baselines import NoiseResidualDetector
 from detector.evaluation import bootstrap_auc_ci, evaluate, metrics, roc_auc, tpr_at_fpr
+from detector.forensics.copymove import CopyMoveDetector
 from detector.interface import Detector, Location, RegionScore, SliceImage
 from tamperscan.cli import main
 
@@ -74,8 +75,12 @@ class _Oracle:
         self.fakes = fakes
 
     def score(self, locations: Sequence[Location]) -> list[RegionScore]:
-        return [RegionScore(float(Path(loc.image.source).name in self.fakes),
-                            np.zeros((4, 4), np.float32)) for loc in locations]
+        return [
+            RegionScore(
+                float(Path(loc.image.source).name in self.fakes), np.zeros((4, 4), np.float32)
+            )
+            for loc in locations
+        ]
 
 
 def test_btd_layout_is_read(tmp_path: Path) -> None:
@@ -88,8 +93,10 @@ def test_btd_layout_is_read(tmp_path: Path) -> None:
         w.writerow(["path", "x", "y", "type", "CTGAN-CT-injection", "SD-CT-injection"])
         for i in range(8):
             name = f"ct{i}.npy"
-            np.save(tmp_path / "CT/injection" / name,
-                    (rng.normal(size=(64, 64)) * 20 - 850).astype(np.float32))
+            np.save(
+                tmp_path / "CT/injection" / name,
+                (rng.normal(size=(64, 64)) * 20 - 850).astype(np.float32),
+            )
             fake = i % 2
             if fake:
                 fakes.add(name)
@@ -100,12 +107,14 @@ def test_btd_layout_is_read(tmp_path: Path) -> None:
         for i in range(6):
             name = f"mr{i}.png"
             Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8)).save(
-                tmp_path / "MRI" / name)
+                tmp_path / "MRI" / name
+            )
             if i % 2:
                 fakes.add(name)
             w.writerow([f"MRI/{name}", 20, 20, "fake" if i % 2 else "real"])
-    summary = evaluate(tmp_path, [], [], tmp_path / "out", detectors={"oracle": _Oracle(fakes)},
-                       progress=False)
+    summary = evaluate(
+        tmp_path, [], [], tmp_path / "out", detectors={"oracle": _Oracle(fakes)}, progress=False
+    )
     ct = summary["detectors"]["oracle"]["CT"]
     assert ct["injection"]["auc"] == 1.0
     assert ct["injection/CTGAN"]["n_tampered"] == 2 and ct["injection/SD"]["n_tampered"] == 2
@@ -115,19 +124,88 @@ def test_btd_layout_is_read(tmp_path: Path) -> None:
 
 def test_cli_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     data, tampered, out = tmp_path / "data", tmp_path / "tampered", tmp_path / "eval"
-    assert main(["phantoms", "--modality", "CT", "--studies", "2", "--slices", "6",
-                 "--size", "128", "--out", str(data), "--seed", "4", "--quiet"]) == 0
-    assert main(["phantoms", "--modality", "MR", "--studies", "1", "--slices", "6",
-                 "--size", "128", "--out", str(data), "--seed", "5", "--quiet"]) == 0
-    assert main(["tamper", "--in", str(data), "--out", str(tampered), "--attack", "all",
-                 "--count", "1", "--seed", "2"]) == 0
-    assert main(["evaluate", "--data", str(tampered), "--manifest",
-                 str(tampered / "manifest_btd.csv"), "--detector", "all", "--out", str(out),
-                 "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "phantoms",
+                "--modality",
+                "CT",
+                "--studies",
+                "2",
+                "--slices",
+                "6",
+                "--size",
+                "128",
+                "--out",
+                str(data),
+                "--seed",
+                "4",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "phantoms",
+                "--modality",
+                "MR",
+                "--studies",
+                "1",
+                "--slices",
+                "6",
+                "--size",
+                "128",
+                "--out",
+                str(data),
+                "--seed",
+                "5",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "tamper",
+                "--in",
+                str(data),
+                "--out",
+                str(tampered),
+                "--attack",
+                "all",
+                "--count",
+                "1",
+                "--seed",
+                "2",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "evaluate",
+                "--data",
+                str(tampered),
+                "--manifest",
+                str(tampered / "manifest_btd.csv"),
+                "--detector",
+                "all",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "AUC" in printed and "copy-move" in printed
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["detectors"]) == {"noise-residual", "copy-move"}
+    forensic = set(registry.names()) - {"btd", "inpaint"}  # learned ones need --model
+    assert set(summary["detectors"]) == forensic | {"fused"}
     ct = summary["detectors"]["copy-move"]["CT"]
     assert ct["copy-move"]["auc"] == 1.0  # an exact copy is always found
     for m in ct.values():
@@ -136,29 +214,86 @@ def test_cli_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     with open(out / "scores.csv") as fh:
         rows = list(csv.DictReader(fh))
     n_manifest = len((tampered / "manifest_btd.csv").read_text().splitlines()) - 1
-    assert len(rows) == 2 * n_manifest
+    assert len(rows) == (len(forensic) + 1) * n_manifest
     assert (out / "roc_noise-residual_CT.png").is_file()
     # The CHAIMELEON test.csv gives the same evaluation.
-    assert main(["evaluate", "--data", str(tampered), "--manifest", str(tampered / "test.csv"),
-                 "--detector", "copy-move", "--out", str(tmp_path / "eval2"), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--data",
+                str(tampered),
+                "--manifest",
+                str(tampered / "test.csv"),
+                "--detector",
+                "copy-move",
+                "--out",
+                str(tmp_path / "eval2"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
 
 
 def test_evaluate_user_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     (tmp_path / "d").mkdir()
     manifest = tmp_path / "m.csv"
     manifest.write_text("path,x,y,type\nmissing.npy,1,2,1\nalso.npy,3,4,0\n")
-    code = main(["evaluate", "--data", str(tmp_path / "d"), "--manifest", str(manifest),
-                 "--detector", "noise-residual", "--out", str(tmp_path / "o")])
+    code = main(
+        [
+            "evaluate",
+            "--data",
+            str(tmp_path / "d"),
+            "--manifest",
+            str(manifest),
+            "--detector",
+            "noise-residual",
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "missing files" in err and "missing.npy" in err
-    code = main(["evaluate", "--data", str(tmp_path / "d"), "--manifest", str(manifest),
-                 "--detector", "magic", "--out", str(tmp_path / "o")])
+    code = main(
+        [
+            "evaluate",
+            "--data",
+            str(tmp_path / "d"),
+            "--manifest",
+            str(manifest),
+            "--detector",
+            "magic",
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     assert code == 2 and "unknown detector" in capsys.readouterr().err
-    code = main(["evaluate", "--data", str(tmp_path / "nope"), "--detector", "all",
-                 "--out", str(tmp_path / "o")])
+    code = main(
+        [
+            "evaluate",
+            "--data",
+            str(tmp_path / "nope"),
+            "--detector",
+            "all",
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     assert code == 2 and "no such data folder" in capsys.readouterr().err
     bad = tmp_path / "bad.csv"
     bad.write_text("a,b\n1,2\n")
-    code = main(["evaluate", "--data", str(tmp_path / "d"), "--manifest", str(bad),
-                 "--detector", "all", "--out", str(tmp_path / "o")])
+    code = main(
+        [
+            "evaluate",
+            "--data",
+            str(tmp_path / "d"),
+            "--manifest",
+            str(bad),
+            "--detector",
+            "all",
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     assert code == 2 and "'path' (BTD) or 'filename'" in capsys.readouterr().err

@@ -48,22 +48,26 @@ def test_the_net_never_sees_the_hole() -> None:
 
 def test_scores_are_hole_errors_and_heatmaps_are_zero_outside() -> None:
     torch.manual_seed(0)
-    det = InpaintDetector(InpaintNet(TINY), Preprocessing("MR", 32), device="cpu",
-                          precision="fp32")
+    det = InpaintDetector(InpaintNet(TINY), Preprocessing("MR", 32), device="cpu", precision="fp32")
     patches = _patches(3)
     scores, maps = det.score_patches(patches)
     assert maps.shape == (3, 32, 32)
     assert np.all(maps[:, :8] == 0) and np.all(maps[:, :, 24:] == 0)
-    np.testing.assert_allclose(scores, (maps[:, 8:24, 8:24].astype(np.float64) ** 2).mean((1, 2)),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        scores, (maps[:, 8:24, 8:24].astype(np.float64) ** 2).mean((1, 2)), rtol=1e-5
+    )
     ring = np.ones((32, 32), bool)
     ring[8:24, 8:24] = False
     det.scoring = InpaintScoring(normalise=True, eps=1e-4)
     normalised, _ = det.score_patches(patches)
-    np.testing.assert_allclose(normalised,
-                               scores / (patches[:, ring].var(axis=1, ddof=1) + 1e-4), rtol=1e-4)
-    image = SliceImage(np.random.default_rng(0).normal(100, 10, (50, 40)).astype(np.float32), "MR",
-                       intensity_range=(50.0, 150.0))
+    np.testing.assert_allclose(
+        normalised, scores / (patches[:, ring].var(axis=1, ddof=1) + 1e-4), rtol=1e-4
+    )
+    image = SliceImage(
+        np.random.default_rng(0).normal(100, 10, (50, 40)).astype(np.float32),
+        "MR",
+        intensity_range=(50.0, 150.0),
+    )
     assert det.score([Location(image, 0, 0)])[0].heatmap.shape == (32, 32)
 
 
@@ -72,12 +76,17 @@ def test_tiny_inpainting_net_trains_and_its_loss_falls() -> None:
     data = torch.from_numpy(_patches(64, seed=1))[:, None]
 
     def batches(epoch: int) -> DataLoader:
-        return DataLoader(TensorDataset(data), batch_size=16, shuffle=True,
-                          generator=torch.Generator().manual_seed(epoch),
-                          collate_fn=lambda items: torch.stack([i[0] for i in items]))
+        return DataLoader(
+            TensorDataset(data),
+            batch_size=16,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(epoch),
+            collate_fn=lambda items: torch.stack([i[0] for i in items]),
+        )
 
-    _, _, losses = fit("inpaint", InpaintNet(TINY), batches, epochs=8, lr=3e-3, device="cpu",
-                       progress=False)
+    _, _, losses = fit(
+        "inpaint", InpaintNet(TINY), batches, epochs=8, lr=3e-3, device="cpu", progress=False
+    )
     assert np.mean(losses[-4:]) < 0.5 * np.mean(losses[:4]), losses
 
 
@@ -85,8 +94,11 @@ def test_checkpoint_round_trip_through_the_registry(tmp_path: Path) -> None:
     torch.manual_seed(0)
     net = InpaintNet(TINY)
     path = save_checkpoint(
-        tmp_path / "CT_InPainting.ckpt", kind="inpaint", preprocessing=Preprocessing("CT", 32),
-        model_config=TINY.to_dict(), scoring=InpaintScoring(normalise=True).to_dict(),
+        tmp_path / "CT_InPainting.ckpt",
+        kind="inpaint",
+        preprocessing=Preprocessing("CT", 32),
+        model_config=TINY.to_dict(),
+        scoring=InpaintScoring(normalise=True).to_dict(),
         model_state=net.state_dict(),
     )
     det = registry.create("inpaint", path, "CT")
@@ -99,9 +111,14 @@ def test_checkpoint_round_trip_through_the_registry(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="hole size"):
         InpaintConfig(patch_size=32, hole_size=32)
     with pytest.raises(ValueError, match="expected a 'inpaint' detector"):
-        bad = save_checkpoint(tmp_path / "b.ckpt", kind="btd",
-                              preprocessing=Preprocessing("CT", 32), model_config={}, scoring={},
-                              model_state={})
+        bad = save_checkpoint(
+            tmp_path / "b.ckpt",
+            kind="btd",
+            preprocessing=Preprocessing("CT", 32),
+            model_config={},
+            scoring={},
+            model_state={},
+        )
         load_inpaint(str(bad), "CT")
 
 
@@ -112,8 +129,9 @@ def tampered_ct(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
     root = tmp_path_factory.mktemp("inpaint-sep")
     write_phantoms("CT", 6, 16, root / "genuine", seed=21, size=128)
-    tamper_dataset(root / "genuine", root / "tampered", ["injection", "adversarial-noise"], 8,
-                   seed=4)
+    tamper_dataset(
+        root / "genuine", root / "tampered", ["injection", "adversarial-noise"], 8, seed=4
+    )
     return root / "genuine", root / "tampered"
 
 
@@ -134,16 +152,29 @@ def test_ci_sized_model_separates_tampered_from_genuine(
 
     genuine, tampered = tampered_ct
     model = tmp_path / "inpaint.ckpt"
-    train(TrainOptions(
-        detector="inpaint", modality="CT", data=str(genuine), model_path=str(model),
-        epochs=100, batch_size=16, max_steps=500, lr=2e-3, patch_size=32, model_dim=8,
-        calibration_patches=64, progress=False, device="cpu",
-    ))
+    train(
+        TrainOptions(
+            detector="inpaint",
+            modality="CT",
+            data=str(genuine),
+            model_path=str(model),
+            epochs=100,
+            batch_size=16,
+            max_steps=500,
+            lr=2e-3,
+            patch_size=32,
+            model_dim=8,
+            calibration_patches=64,
+            progress=False,
+            device="cpu",
+        )
+    )
     det = load_inpaint(str(model), "CT", device="cpu")
     with (tampered / "test.csv").open(newline="") as fh:
         rows = list(csv.DictReader(fh))
-    locations = [Location(read_slice(tampered / r["filename"]), int(r["X"]), int(r["Y"]))
-                 for r in rows]
+    locations = [
+        Location(read_slice(tampered / r["filename"]), int(r["X"]), int(r["Y"])) for r in rows
+    ]
     labels = np.array([int(r["label"]) for r in rows])
     scores = np.array([r.score for r in det.score(locations)])
     assert labels.sum() >= 16 and (1 - labels).sum() >= 16

@@ -53,10 +53,16 @@ def pool(db: Database, clock: Clock, **kw: object) -> list:
 def test_only_clean_trusted_unmarked_quarantined_studies_enter(
     db: Database, store: InstanceStore, clock: Clock, phantoms: list[Path]
 ) -> None:
-    clean, suspicious, marked, untrusted = (store_folder(store, f, ae) for f, ae in zip(
-        phantoms, ["CT01", "CT01", "CT01", "PACS"], strict=True))
-    for sid, outcome in [(clean, CLEAN), (suspicious, SUSPICIOUS), (marked, CLEAN),
-                         (untrusted, CLEAN)]:
+    clean, suspicious, marked, untrusted = (
+        store_folder(store, f, ae)
+        for f, ae in zip(phantoms, ["CT01", "CT01", "CT01", "PACS"], strict=True)
+    )
+    for sid, outcome in [
+        (clean, CLEAN),
+        (suspicious, SUSPICIOUS),
+        (marked, CLEAN),
+        (untrusted, CLEAN),
+    ]:
         give_verdict(db, sid, outcome, clock())
     mark(db, marked, "tampered", clock())
 

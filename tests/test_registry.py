@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import select
@@ -27,16 +27,24 @@ from tests.retrain_helpers import Clock
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Database:
-    database = Database(f"sqlite:///{tmp_path / 'index.db'}")
+def db(database_url: str) -> Iterator[Database]:
+    """Once on SQLite, once on PostgreSQL (``database_url`` in conftest.py)."""
+    database = Database(database_url)
     database.migrate()
-    return database
+    yield database
+    database.dispose()
 
 
 def _version(db: Database, clock: Clock, name: str) -> int:
     with db.session() as session:
-        return add_version(session, detector="inpaint", modality="CT", checkpoint_path=name,
-                           sha256="0" * 64, now=clock()).id
+        return add_version(
+            session,
+            detector="inpaint",
+            modality="CT",
+            checkpoint_path=name,
+            sha256="0" * 64,
+            now=clock(),
+        ).id
 
 
 def test_promotion_retires_the_previous_and_rollback_restores_it(db: Database) -> None:
@@ -75,18 +83,30 @@ def test_a_failed_promotion_changes_nothing(db: Database) -> None:
 
 def test_never_two_runs_and_a_dead_run_is_failed_at_the_next_start(db: Database) -> None:
     clock = Clock()
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     import socket
 
     dead_owner = f"{socket.gethostname()}:{int(dead.stdout)}"
     with db.session() as session:
-        run = start_run(session, trigger="cli", now=clock(), lease_s=600, budget={},
-                        owner=dead_owner)
+        run = start_run(
+            session, trigger="cli", now=clock(), lease_s=600, budget={}, owner=dead_owner
+        )
         assert isinstance(run, TrainingRun)
         run_id = run.id
-        add_version(session, detector="inpaint", modality="CT", checkpoint_path="x.ckpt",
-                    sha256="0" * 64, now=clock(), run_id=run_id)
+        add_version(
+            session,
+            detector="inpaint",
+            modality="CT",
+            checkpoint_path="x.ckpt",
+            sha256="0" * 64,
+            now=clock(),
+            run_id=run_id,
+        )
     with db.session() as session:  # a second run is refused while the first holds the lock
         other = start_run(session, trigger="schedule", now=clock(), lease_s=600, budget={})
         assert other == RunHolder(run_id, dead_owner)
@@ -106,8 +126,9 @@ def test_never_two_runs_and_a_dead_run_is_failed_at_the_next_start(db: Database)
 def test_a_live_run_is_kept_until_its_lease_lapses(db: Database) -> None:
     clock = Clock()
     with db.session() as session:
-        run = start_run(session, trigger="cli", now=clock(), lease_s=60, budget={},
-                        owner="another-host:123")
+        run = start_run(
+            session, trigger="cli", now=clock(), lease_s=60, budget={}, owner="another-host:123"
+        )
         assert isinstance(run, TrainingRun)
     with db.session() as session:
         assert fail_dead_runs(session, clock()) == []

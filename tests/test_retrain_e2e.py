@@ -1,9 +1,10 @@
 """From an empty installation to production models, through the real command line.
 
-Phantom studies arrive over C-STORE from a trusted modality AE and get the honest verdict
-"no model for CT"; ``tamperscan retrain --now`` (a separate process, as an operator would run
-it) trains both detectors from scratch, gates and promotes them; the running service picks the
-promotion up without a restart and scores the next study with them.
+The README's first-install path: phantom studies arrive over C-STORE from a trusted modality AE
+and get the honest verdict "no model for CT"; ``tamperscan retrain --bootstrap`` (a separate
+process, as an operator would run it; the default 7-day quarantine does not hold it back) trains
+both detectors from scratch, gates and promotes them; the running service picks the promotion up
+without a restart, re-scores the studies that were waiting, and scores the next study with them.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def _verdict(service: Any, study_uid: str, timeout: float = 60) -> Verdict:
     raise AssertionError(f"no verdict for {study_uid} within {timeout} s")
 
 
-def test_empty_installation_gets_production_models_that_score_the_next_study(
+def test_first_install_bootstrap_gives_production_models_and_verdicts_to_waiting_studies(
     service_factory: Any, tmp_path: Path
 ) -> None:
     phantoms = write_phantoms("CT", studies=5, slices=8, out_dir=tmp_path / "ph", seed=33, size=128)
@@ -61,7 +62,6 @@ def test_empty_installation_gets_production_models_that_score_the_next_study(
         detector={"device": "cpu", "window_stride_px": 0},
         retrain={
             "trusted_calling_aets": ["CT01"],
-            "quarantine_days": 0.0,
             "modalities": ["CT"],
             "max_steps": 4,  # a tiny BTD step takes ~4 s on 2 shared CPU cores
             "batch_size": 16,
@@ -79,15 +79,27 @@ def test_empty_installation_gets_production_models_that_score_the_next_study(
             "reload_interval_s": 0.5,
         },
     )
+    waiting = []
     for folder in phantoms[:4]:
         uid = _send(service.scp.port, folder, "CT01")
         assert _verdict(service, uid).reason == "no model for CT"
+        waiting.append(uid)
 
     started = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "tamperscan.cli", "retrain", "--now",
-         "--config", str(tmp_path / "config.toml")],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "tamperscan.cli",
+            "retrain",
+            "--bootstrap",
+            "--config",
+            str(tmp_path / "config.toml"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     seconds = time.monotonic() - started
     assert done.returncode == 0, done.stdout + done.stderr
@@ -101,9 +113,13 @@ def test_empty_installation_gets_production_models_that_score_the_next_study(
     deadline = time.monotonic() + 30
     while len(service.models.describe()) < 2 and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert {m["registry_version"] for m in service.models.describe()} == {
-        v.id for v in production
-    }
+    assert {m["registry_version"] for m in service.models.describe()} == {v.id for v in production}
+    for uid in waiting:  # re-scored once the models arrived: a real verdict now
+        deadline = time.monotonic() + 60
+        while (verdict := _verdict(service, uid)).outcome == "not_scored":
+            assert time.monotonic() < deadline, f"{uid} still {verdict.reason}"
+            time.sleep(0.2)
+        assert verdict.outcome in ("clean", "suspicious", "tampered"), verdict.reason
     verdict = _verdict(service, _send(service.scp.port, phantoms[4], "CT01"))
     assert verdict.outcome in ("clean", "suspicious", "tampered"), verdict.reason
     used = {m["name"]: m["version"] for m in verdict.details["models"]}

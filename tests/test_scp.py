@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -106,11 +107,22 @@ def test_unknown_calling_ae_is_rejected_and_audited(service_factory: Any) -> Non
     assert [e.actor for e in events] == ["INTRUDER"]
 
 
-def test_unknown_host_is_rejected(service_factory: Any) -> None:
+def test_unknown_host_is_refused_at_accept_and_audited(service_factory: Any) -> None:
     service = service_factory(scp={"allowed_hosts": ["10.99.0.0/16"]})
     assoc = associate(service)
-    assert assoc.is_rejected
-    assert assoc.acceptor.primitive.result_source == 0x01
+    # Closed before an association exists (scp/guard.py): no A-ASSOCIATE-RJ, no thread.
+    assert not assoc.is_established and not assoc.is_rejected
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with service.db.session() as session:
+            events = session.scalars(
+                select(AuditEvent).where(AuditEvent.action == "connection.refused")
+            ).all()
+            reasons = [e.detail["reason"] for e in events if e.detail]
+        if reasons:
+            break
+        time.sleep(0.05)
+    assert reasons == ["host 127.0.0.1 not in scp.allowed_hosts"]
 
 
 def test_wrong_called_ae_is_rejected(service: Service) -> None:

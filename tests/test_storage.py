@@ -1,12 +1,14 @@
 """Storage: schema and migrations, crash-safe files, study assembly, the job queue, verdicts.
 
-These run against real SQLite files with a controllable clock, so time-based rules are
-tested without sleeping.
+These run against real SQLite files and a real PostgreSQL server (each test once per backend,
+see ``database_url`` in conftest.py) with a controllable clock, so time-based rules are tested
+without sleeping.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import func, select
+from sqlalchemy import inspect as sa_inspect
 
 from storage.assembly import StudyAssembler
 from storage.db import Database
@@ -30,12 +33,14 @@ from storage.models import (
     JOB_QUEUED,
     JOB_RUNNING,
     JOB_SUPERSEDED,
+    POSTGRESQL_ONLY_INDEXES,
     QUEUED,
     RECEIVING,
     Base,
     Job,
     Study,
     Verdict,
+    include_object,
 )
 from storage.settings import AssemblySettings
 
@@ -52,10 +57,11 @@ class Clock:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Database:
-    database = Database(f"sqlite:///{tmp_path / 'index.db'}")
+def db(database_url: str) -> Iterator[Database]:
+    database = Database(database_url)
     database.migrate()
-    return database
+    yield database
+    database.dispose()
 
 
 @pytest.fixture
@@ -82,18 +88,45 @@ def meta(sop: str, study: str = "1.2.3", series: str = "1.2.3.4") -> InstanceMet
 ORIGIN = Origin(channel="dimse", calling_ae="PACS", peer_address="127.0.0.1")
 
 
-def test_migrations_match_the_models_and_are_idempotent(db: Database) -> None:
-    db.migrate()
-    with db.engine.connect() as connection:
-        assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
-    with db.engine.connect() as connection:
-        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_migrations_match_the_models_and_are_idempotent(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    else:
+        url = request.getfixturevalue("postgres_server").new_database(migrated=False)
+    db = Database(url)
+    try:
+        db.migrate()  # from an empty database
+        db.migrate()  # and again: a no-op
+        with db.engine.connect() as connection:
+            context = MigrationContext.configure(
+                connection, opts={"include_object": include_object}
+            )
+            assert compare_metadata(context, Base.metadata) == []
+            if backend == "postgresql":  # the search indexes only PostgreSQL gets
+                names = {i["name"] for i in sa_inspect(connection).get_indexes("study")}
+                assert set(POSTGRESQL_ONLY_INDEXES) <= names
+            if backend == "sqlite":
+                assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    finally:
+        db.dispose()
 
 
-@pytest.mark.parametrize("bad", ["", "../etc", "1.2.a", "1..2", "1.02", "/1.2", "1." + "2" * 70])
+@pytest.mark.parametrize(
+    "bad",
+    ["", "../etc", "1.2.a", "1..2", "1.02", "/1.2", "1." + "2" * 70]
+    + ["1.2.3\n", "1.2.3\n\x00\n", "1.2.3\n\x00", "1.2\x003", " 1.2.3", "1.2.3\t", "\n1.2"],
+)
 def test_uids_that_could_escape_or_are_invalid_are_refused(bad: str) -> None:
     with pytest.raises(InvalidUID):
         check_uid(bad, "Study Instance UID")
+
+
+def test_uid_padding_is_the_only_thing_removed() -> None:
+    assert check_uid("1.2.3\x00", "SOP Instance UID") == "1.2.3"
+    assert check_uid("1.2.3 ", "SOP Instance UID") == "1.2.3"
 
 
 def test_instance_path_is_built_from_checked_uids_only() -> None:

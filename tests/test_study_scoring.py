@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from detector.lab.phantoms import write_phantoms
+from detector.settings import DetectorSettings
 from detector.training import TrainOptions, train
 from storage.models import Region, Verdict
 from tests.dicom_helpers import make_scu
@@ -82,12 +83,19 @@ def test_c_store_to_scored_verdict_with_regions(
     with service.db.reading() as session:
         regions = session.scalars(select(Region).where(Region.verdict_id == verdict.id)).all()
     assert len(regions) == details["regions_checked"] > 0
-    assert {r.source for r in regions} == {"proposal", "window"}
+    assert (
+        {"proposal", "window"}
+        <= {r.source for r in regions}
+        <= {"proposal", "window", "hotspot", "repeat"}
+    )
     sops = {pydicom.dcmread(p).SOPInstanceUID for p in study_dir.rglob("*.dcm")}
     assert {r.sop_instance_uid for r in regions} <= sops
     for region in regions:
         assert 0 < region.scores["inpaint"]["p"] <= 1
-        assert region.p_value == pytest.approx(region.scores["inpaint"]["p"])
+        ps = [e["p"] for e in region.scores.values() if e["p"] is not None]
+        assert set(region.scores) == {"inpaint", *DetectorSettings().checks}
+        assert region.p_value == pytest.approx(min(1.0, len(ps) * min(ps)))
+        assert region.slice_index is not None and region.instance_number is not None
     assert verdict.score == pytest.approx(min(1.0, len(regions) * min(r.p_value for r in regions)))
 
 
@@ -118,7 +126,7 @@ def test_admin_requested_region_is_scored(
 ) -> None:
     from detector.settings import DetectorSettings
     from detector.study_scoring import ModelSet, StudyScorer
-    from storage.admin_queries import add_requested_region
+    from storage.admin_actions import add_requested_region
     from storage.models import Instance, utcnow
     from tests.admin_helpers import store_phantom_study
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
 import subprocess
 from pathlib import Path
@@ -9,8 +10,11 @@ from typing import Any
 
 import pytest
 from pydicom.uid import generate_uid
+from sqlalchemy import select
 
+from storage.models import AuditEvent
 from tests.dicom_helpers import ct_dataset, make_scu
+from tests.pdu_helpers import wait_until
 
 
 def _openssl(*args: str) -> None:
@@ -118,3 +122,37 @@ def test_mutual_tls_requires_a_client_certificate(
     )
     assert _echo(service.scp.port, _client_context(pki, with_cert=True))
     assert not _echo(service.scp.port, _client_context(pki, with_cert=False))
+
+
+def test_silent_connections_do_not_stall_the_tls_handshakes_of_others(
+    service_factory: Any, pki: dict[str, Path]
+) -> None:
+    # pynetdicom does the handshake on its accepting thread: one silent client stopped every
+    # accept. The guard does it on the connection's own thread, under the request deadline.
+    service = service_factory(
+        scp={"association_request_timeout_s": 2.0},
+        scp__tls={
+            "enabled": True,
+            "cert_file": str(pki["server_pem"]),
+            "key_file": str(pki["server_key"]),
+        },
+    )
+    silent = [socket.create_connection(("127.0.0.1", service.scp.port)) for _ in range(3)]
+    try:
+        assert _echo(service.scp.port, _client_context(pki, with_cert=False))
+        for sock in silent:
+            sock.settimeout(5)
+            assert sock.recv(1) == b""  # closed at the deadline
+    finally:
+        for sock in silent:
+            sock.close()
+
+    def reasons() -> list[str]:
+        with service.db.session() as session:
+            events = session.scalars(
+                select(AuditEvent).where(AuditEvent.action == "connection.refused")
+            ).all()
+            return [str((e.detail or {}).get("reason")) for e in events]
+
+    assert wait_until(lambda: len(reasons()) == 3)
+    assert reasons() == ["TLS handshake not done within 2 s"] * 3

@@ -27,9 +27,25 @@ def test_train_btd_writes_a_calibrated_checkpoint_and_resumes(
     ct_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     model = tmp_path / "btd.ckpt"
-    base = ["train", "--detector", "btd", "--modality", "CT", "--data", str(ct_folder),
-            "--model-path", str(model), "--batch-size", "4", "--lr", "1e-3",
-            "--calibration-patches", "16", "--quiet", *TINY_BTD]
+    base = [
+        "train",
+        "--detector",
+        "btd",
+        "--modality",
+        "CT",
+        "--data",
+        str(ct_folder),
+        "--model-path",
+        str(model),
+        "--batch-size",
+        "4",
+        "--lr",
+        "1e-3",
+        "--calibration-patches",
+        "16",
+        "--quiet",
+        *TINY_BTD,
+    ]
     assert main([*base, "--epochs", "1", "--max-steps", "2"]) == 0
     assert "calibrated on 16 held-out patches" in capsys.readouterr().out
     ckpt = load_checkpoint(model)
@@ -59,10 +75,32 @@ def test_train_inpaint_on_regions_of_interest(ct_folder: Path, tmp_path: Path) -
         for f in files:
             w.writerow([f, 50, 60])
     model = tmp_path / "inpaint.ckpt"
-    rc = main(["train", "--detector", "inpaint", "--modality", "CT", "--data", str(ct_folder),
-               "--model-path", str(model), "--epochs", "1", "--batch-size", "8",
-               "--regions", str(regions), "--patch-size", "32", "--model-dim", "8",
-               "--calibration-patches", "8", "--quiet"])
+    rc = main(
+        [
+            "train",
+            "--detector",
+            "inpaint",
+            "--modality",
+            "CT",
+            "--data",
+            str(ct_folder),
+            "--model-path",
+            str(model),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--regions",
+            str(regions),
+            "--patch-size",
+            "32",
+            "--model-dim",
+            "8",
+            "--calibration-patches",
+            "8",
+            "--quiet",
+        ]
+    )
     assert rc == 0
     ckpt = load_checkpoint(model, expected_kind="inpaint", modality="CT")
     assert ckpt.training["regions"] == str(regions)
@@ -79,11 +117,18 @@ def test_train_inpaint_on_regions_of_interest(ct_folder: Path, tmp_path: Path) -
     ],
 )
 def test_train_user_errors_say_what_was_expected(
-    ct_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-    change: dict[str, str], message: str,
+    ct_folder: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    change: dict[str, str],
+    message: str,
 ) -> None:
-    args = {"--detector": "inpaint", "--modality": "CT", "--data": str(ct_folder),
-            "--model-path": str(tmp_path / "m.ckpt")}
+    args = {
+        "--detector": "inpaint",
+        "--modality": "CT",
+        "--data": str(ct_folder),
+        "--model-path": str(tmp_path / "m.ckpt"),
+    }
     args.update(change)
     argv = ["train", *[x for kv in args.items() for x in kv], "--quiet"]
     assert main(argv) == 2
@@ -95,9 +140,29 @@ def test_chaimeleon_train_then_test(
     ct_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     model = tmp_path / "CT_InPainting.ckpt"
-    rc = main(["-mode", "Train", "-model_path", str(model), "-data_path", str(ct_folder),
-               "-epochs", "1", "-batch_size", "8", "-num_workers", "1",
-               "-patch_size", "32", "-width", "8", "-max_steps", "2", "-quiet"])
+    rc = main(
+        [
+            "-mode",
+            "Train",
+            "-model_path",
+            str(model),
+            "-data_path",
+            str(ct_folder),
+            "-epochs",
+            "1",
+            "-batch_size",
+            "8",
+            "-num_workers",
+            "1",
+            "-patch_size",
+            "32",
+            "-width",
+            "8",
+            "-max_steps",
+            "2",
+            "-quiet",
+        ]
+    )
     assert rc == 0
     ckpt = load_checkpoint(model)
     assert ckpt.kind == "inpaint" and ckpt.modality == "CT"  # modality read from the files
@@ -110,8 +175,7 @@ def test_chaimeleon_train_then_test(
             w.writerow([f, 40 + 10 * i, 64])
     capsys.readouterr()
     try:
-        assert main(["-mode", "Test", "-model_path", str(model), "-data_path",
-                     str(ct_folder)]) == 0
+        assert main(["-mode", "Test", "-model_path", str(model), "-data_path", str(ct_folder)]) == 0
         out = capsys.readouterr().out
         results = ct_folder / "results.csv"
         assert str(results) in out
@@ -128,9 +192,32 @@ def test_chaimeleon_test_with_a_btd_checkpoint_and_errors(
     ct_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     model = tmp_path / "btd.ckpt"
-    assert main(["train", "--detector", "btd", "--modality", "CT", "--data", str(ct_folder),
-                 "--model-path", str(model), "--epochs", "1", "--max-steps", "1",
-                 "--batch-size", "4", "--calibration-patches", "4", "--quiet", *TINY_BTD]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--detector",
+                "btd",
+                "--modality",
+                "CT",
+                "--data",
+                str(ct_folder),
+                "--model-path",
+                str(model),
+                "--epochs",
+                "1",
+                "--max-steps",
+                "1",
+                "--batch-size",
+                "4",
+                "--calibration-patches",
+                "4",
+                "--quiet",
+                *TINY_BTD,
+            ]
+        )
+        == 0
+    )
     test_dir = tmp_path / "test"
     test_dir.mkdir()
     assert main(["-mode", "Test", "-model_path", str(model), "-data_path", str(test_dir)]) == 2
@@ -138,9 +225,33 @@ def test_chaimeleon_test_with_a_btd_checkpoint_and_errors(
     f = sorted(p for p in ct_folder.rglob("*.dcm"))[0]
     (test_dir / "test.csv").write_text(f"filename,X,Y\n{f},64,64\n")
     out_csv = tmp_path / "out" / "scores.csv"
-    assert main(["-mode", "Test", "-model_path", str(model), "-data_path", str(test_dir),
-                 "-output", str(out_csv)]) == 0
+    assert (
+        main(
+            [
+                "-mode",
+                "Test",
+                "-model_path",
+                str(model),
+                "-data_path",
+                str(test_dir),
+                "-output",
+                str(out_csv),
+            ]
+        )
+        == 0
+    )
     assert out_csv.read_text().count("\n") == 2
-    assert main(["-mode", "Test", "-model_path", str(tmp_path / "none.ckpt"), "-data_path",
-                 str(test_dir)]) == 2
+    assert (
+        main(
+            [
+                "-mode",
+                "Test",
+                "-model_path",
+                str(tmp_path / "none.ckpt"),
+                "-data_path",
+                str(test_dir),
+            ]
+        )
+        == 2
+    )
     assert "checkpoint not found" in capsys.readouterr().err

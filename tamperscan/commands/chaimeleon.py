@@ -29,8 +29,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="tamperscan -mode Train|Test",
         description="CHAIMELEON deepfakes-detector interface (inpainting detector).",
     )
-    p.add_argument("-mode", "--mode", required=True, type=str.capitalize,
-                   choices=("Train", "Test"))
+    p.add_argument("-mode", "--mode", required=True, type=str.capitalize, choices=("Train", "Test"))
     p.add_argument("-model_path", required=True)
     p.add_argument("-data_path", required=True)
     p.add_argument("-epochs", type=int, default=100)
@@ -76,10 +75,19 @@ def _train(args: argparse.Namespace) -> int:
         return _fail(f"-data_path: folder not found: {data}")
     modality = args.modality or infer_modality(data)
     opts = TrainOptions(
-        detector="inpaint", modality=modality, data=str(data), model_path=args.model_path,
-        epochs=args.epochs, batch_size=args.batch_size, num_workers=args.num_workers,
-        lr=args.lr, patch_size=args.patch_size, model_dim=args.width,
-        max_steps=args.max_steps, device=args.device, progress=not args.quiet,
+        detector="inpaint",
+        modality=modality,
+        data=str(data),
+        model_path=args.model_path,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        lr=args.lr,
+        patch_size=args.patch_size,
+        model_dim=args.width,
+        max_steps=args.max_steps,
+        device=args.device,
+        progress=not args.quiet,
     )
     result = train(opts)
     calibrated = result.calibration.size if result.calibration else 0
@@ -106,8 +114,13 @@ def _read_test_csv(path: Path) -> list[tuple[str, int, int]]:
         rows = []
         for i, row in enumerate(reader, start=2):
             try:
-                rows.append((row[fields["filename"]].strip(), int(float(row[fields["x"]])),
-                             int(float(row[fields["y"]]))))
+                rows.append(
+                    (
+                        row[fields["filename"]].strip(),
+                        int(float(row[fields["x"]])),
+                        int(float(row[fields["y"]])),
+                    )
+                )
             except (TypeError, ValueError, AttributeError) as exc:
                 raise TrainingError(f"{path}:{i}: bad row {row}") from exc
     return rows
@@ -151,6 +164,8 @@ def _test(args: argparse.Namespace) -> int:
         for i, ((name, x, y), res) in enumerate(zip(rows, results, strict=True)):
             p = "" if p_values is None else f"{p_values[i]:.6g}"
             writer.writerow([name, x, y, f"{res.score:.8g}", p])
-    print(f"scored {len(rows)} regions with {detector.name} ({detector.modality}); "
-          f"results written to {out}")
+    print(
+        f"scored {len(rows)} regions with {detector.name} ({detector.modality}); "
+        f"results written to {out}"
+    )
     return 0

@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
-from storage.db import Database
 from storage.deliveries import list_deliveries, resend
 from storage.models import utcnow
-from tamperscan.commands.service import add_config_option, settings_from_args
+from tamperscan.commands.service import (
+    NoDatabase,
+    add_config_option,
+    existing_database,
+    settings_from_args,
+)
 
 
 def _deliveries(args: argparse.Namespace) -> int:
-    settings = settings_from_args(args)
-    db = Database(settings.storage.resolved_database_url())
     try:
-        db.migrate()
+        db = existing_database(args, settings_from_args(args))
+    except NoDatabase as exc:
+        print(f"tamperscan: {exc}", file=sys.stderr)
+        return 2
+    try:
         if args.resend or args.resend_failed:
             with db.session() as session:
                 count = resend(session, utcnow(), args.resend, all_failed=args.resend_failed)

@@ -157,6 +157,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             seed=args.seed,
             progress=not args.quiet,
             optional_names=optional,
+            holdout=args.holdout_family,
         )
     except (
         EvaluationError,
@@ -288,7 +289,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="score manifest locations with detectors; ROC AUC (95%% CI), TPR at 1%%/5%% FPR",
         description="Score every manifest location and report, per detector, modality and "
         "attack: ROC AUC with a stratified bootstrap 95% interval and TPR at 1% and 5% FPR "
-        "(negatives: all genuine rows of the modality). Writes summary.json, scores.csv and "
+        "(negatives: all genuine rows of the modality), plus the 'fused' row: the serving "
+        "rule (Bonferroni over the calibrated p-values of the default [detector] checks and the "
+        "learned models among those scored). Writes summary.json, "
+        "scores.csv and "
         "roc_<detector>_<modality>.png. Reads lab manifests, CHAIMELEON test.csv and the BTD "
         "test-set layout (CT .npy in HU, MRI .png; CSV path,x,y,type).",
     )
@@ -322,5 +326,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     e.add_argument("--out", required=True, help="folder for summary.json, scores.csv, ROC PNGs")
     e.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    e.add_argument(
+        "--holdout-family",
+        default=None,
+        metavar="FAMILY",
+        help="report only tampered rows of this attack family (e.g. B); the summary names "
+        "the other families as the ones the detectors were tuned on",
+    )
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(handler=run_evaluate)

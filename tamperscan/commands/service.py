@@ -25,13 +25,45 @@ def add_config_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def settings_from_args(args: argparse.Namespace) -> Settings:
+EXIT_NO_DATABASE = 2
+
+
+def config_path_from_args(args: argparse.Namespace) -> Path | None:
+    """The config file a command reads: --config, $TAMPERSCAN_CONFIG, ./config.toml, or None."""
     path: Path | None = args.config
     if path is None and os.environ.get("TAMPERSCAN_CONFIG"):
         path = Path(os.environ["TAMPERSCAN_CONFIG"])
     if path is None and Path("config.toml").is_file():
         path = Path("config.toml")
-    return load_config(path)
+    return path
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    return load_config(config_path_from_args(args))
+
+
+class NoDatabase(RuntimeError):
+    """A read-only command found no database; the message names the config it looked at."""
+
+
+def existing_database(args: argparse.Namespace, settings: Settings) -> Database:
+    """The configured database, migrated, but never created: read-only commands must not
+    leave an empty database behind (and report "no studies") when pointed at the wrong place.
+    """
+    url = settings.storage.resolved_database_url()
+    if url.startswith("sqlite:///"):
+        file = Path(url.removeprefix("sqlite:///"))
+        if not file.is_file():
+            path = config_path_from_args(args)
+            where = f"config {path.resolve()}" if path else "the built-in defaults (no config)"
+            raise NoDatabase(
+                f"no database at {file} (from {where}, [storage] data_dir = "
+                f"{settings.storage.data_dir}); run this command where config.toml is, or pass "
+                f"--config / set TAMPERSCAN_CONFIG; 'tamperscan serve' creates the database"
+            )
+    db = Database(url)
+    db.migrate()
+    return db
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -56,9 +88,12 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    db = Database(settings.storage.resolved_database_url())
-    db.migrate()
-    with db.session() as session:
+    try:
+        db = existing_database(args, settings)
+    except NoDatabase as exc:
+        print(f"tamperscan: {exc}", file=sys.stderr)
+        return EXIT_NO_DATABASE
+    with db.reading() as session:
         studies = list_studies(session, limit=args.limit)
     db.dispose()
     if args.json:
@@ -115,7 +150,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "status",
         help="list received studies, their state and current verdict",
         description="List studies newest first: instance counts, state "
-        "(receiving, queued, scoring, done, failed), version and current verdict.",
+        "(receiving, queued, scoring, done, failed), version and current verdict. Refuses "
+        "(exit 2) when the configured database does not exist.",
     )
     add_config_option(status)
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")

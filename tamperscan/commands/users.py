@@ -14,7 +14,12 @@ from admin.auth import hash_password
 from storage.db import Database
 from storage.models import ROLES, utcnow
 from storage.users import UserError, add_user, list_users, remove_user, set_password
-from tamperscan.commands.service import add_config_option, settings_from_args
+from tamperscan.commands.service import (
+    NoDatabase,
+    add_config_option,
+    existing_database,
+    settings_from_args,
+)
 
 
 def _read_password(args: argparse.Namespace) -> str:
@@ -35,9 +40,16 @@ def _actor() -> str:
 
 def _users(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    db = Database(settings.storage.resolved_database_url())
-    try:
+    if args.action == "add":  # the first admin may be added before serve's first start
+        db = Database(settings.storage.resolved_database_url())
         db.migrate()
+    else:
+        try:
+            db = existing_database(args, settings)
+        except NoDatabase as exc:
+            print(f"tamperscan: {exc}", file=sys.stderr)
+            return 2
+    try:
         if args.action == "list":
             with db.reading() as session:
                 for user in list_users(session):
