@@ -211,13 +211,21 @@ def score_rows(
     return out
 
 
+def serving_set() -> set[str]:
+    """The detectors serving fuses by default: the default ``[detector] checks`` + learned ones."""
+    from detector.settings import DetectorSettings
+
+    return set(DetectorSettings().checks) | {"btd", "inpaint"}
+
+
 def _fuse(
     results: dict[str, list[ScoredRow | None]], rows: Sequence[ManifestRow]
 ) -> list[ScoredRow]:
-    """The serving rule per row: Bonferroni over the p-values of every detector that has one."""
+    """The serving rule per row: Bonferroni over the p-values of the serving detectors scored."""
     fused = []
+    serving = {n: v for n, v in results.items() if n in serving_set()}
     for j, row in enumerate(rows):
-        scored = [v[j] for v in results.values() if v[j] is not None and v[j].p is not None]
+        scored = [v[j] for v in serving.values() if v[j] is not None and v[j].p is not None]
         if not scored:
             continue
         p = bonferroni(s.p for s in scored)

@@ -59,7 +59,9 @@ def test_first_install_bootstrap_gives_production_models_and_verdicts_to_waiting
     service = service_factory(
         assembly={"stable_age_s": 1.0, "released_age_s": 0.2, "poll_interval_s": 0.1},
         worker={"poll_interval_s": 0.1},
-        detector={"device": "cpu", "window_stride_px": 0},
+        # No forensic checks: this site's studies wait, not_scored, for a first model (with
+        # the default checks they get forensic verdicts at once; tests/test_fused.py).
+        detector={"device": "cpu", "window_stride_px": 0, "checks": []},
         retrain={
             "trusted_calling_aets": ["CT01"],
             "modalities": ["CT"],

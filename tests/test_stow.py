@@ -77,7 +77,8 @@ def test_multi_instance_post_is_stored_and_scored(service_factory: Any) -> None:
         if verdict is not None:
             break
         time.sleep(0.2)
-    assert verdict is not None and verdict.outcome == "not_scored"
+    # Scored by the forensic checks (no model needed); tiny synthetic slices give no region.
+    assert verdict is not None and verdict.outcome in ("clean", "not_scored"), verdict.reason
 
 
 def test_broken_parts_fail_alone_with_reasons(service_factory: Any) -> None:
