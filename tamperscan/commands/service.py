@@ -6,7 +6,9 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from storage.db import Database
 from storage.queries import list_studies
@@ -66,24 +68,43 @@ def existing_database(args: argparse.Namespace, settings: Settings) -> Database:
     return db
 
 
-def _serve(args: argparse.Namespace) -> int:
+class Runnable(Protocol):
+    """A long-running process object (``Service``, ``WorkerProcess``)."""
+
+    def run_until_signalled(self) -> None: ...
+
+
+def run_long_process(
+    args: argparse.Namespace, build: Callable[[Settings], Runnable], verb: str
+) -> int:
+    """Load the config, set up logging, run ``build(settings)`` until SIGTERM/SIGINT.
+
+    Shared by ``serve`` and ``worker``: the same refusals and exit codes for both.
+    """
     try:
         settings = settings_from_args(args)
     except ConfigError as exc:
         print(f"tamperscan: refusing to start: {exc}", file=sys.stderr)
         return 2
     setup_logging(settings.logging.level, settings.logging.format)
-    from tamperscan.service import Service  # heavy imports only when serving
-
     try:
-        Service(settings).run_until_signalled()
-    except OSError as exc:  # e.g. the port is taken, a model file is missing
-        print(f"tamperscan: cannot serve: {exc}", file=sys.stderr)
+        build(settings).run_until_signalled()
+    except OSError as exc:  # e.g. the port is taken, the data folder or a model file is missing
+        print(f"tamperscan: cannot {verb}: {exc}", file=sys.stderr)
         return 1
     except ValueError as exc:  # a checkpoint of the wrong layout or modality
         print(f"tamperscan: refusing to start: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    def build(settings: Settings) -> Runnable:
+        from tamperscan.service import Service  # heavy imports only when serving
+
+        return Service(settings)
+
+    return run_long_process(args, build, "serve")
 
 
 def _status(args: argparse.Namespace) -> int:

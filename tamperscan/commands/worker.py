@@ -3,31 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from tamperscan.commands.service import add_config_option, settings_from_args
-from tamperscan.config import ConfigError
-from tamperscan.logs import setup_logging
+from tamperscan.commands.service import Runnable, add_config_option, run_long_process
+from tamperscan.config import Settings
 
 
 def _worker(args: argparse.Namespace) -> int:
-    try:
-        settings = settings_from_args(args)
-    except ConfigError as exc:
-        print(f"tamperscan: refusing to start: {exc}", file=sys.stderr)
-        return 2
-    setup_logging(settings.logging.level, settings.logging.format)
-    from tamperscan.worker_process import WorkerProcess  # heavy imports only when working
+    def build(settings: Settings) -> Runnable:
+        from tamperscan.worker_process import WorkerProcess  # heavy imports only when working
 
-    try:
-        WorkerProcess(settings).run_until_signalled()
-    except OSError as exc:  # the data folder is not mounted, a model file is missing
-        print(f"tamperscan: cannot work: {exc}", file=sys.stderr)
-        return 1
-    except ValueError as exc:  # a checkpoint of the wrong layout or modality
-        print(f"tamperscan: refusing to start: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        return WorkerProcess(settings)
+
+    return run_long_process(args, build, "work")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
