@@ -2,6 +2,8 @@
 
 ``InstanceStore.store`` is the single ingest path for C-STORE and STOW-RS. It returns only
 after the file is durable and the index row is committed, so the caller may acknowledge.
+In ``serve`` the writes go through one group committer (``start_group_commit``), so the
+concurrent associations share their folder fsyncs and their index transactions.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from storage.audit import audit
+from storage.committer import GroupCommitter, Pending
 from storage.db import Database
 from storage.files import content_hash, instance_relpath, write_atomically
 from storage.models import (
@@ -97,6 +100,7 @@ class InstanceStore:
         self.root = data_dir / "instances"
         self.min_free_bytes = min_free_mb * 1024 * 1024
         self.clock = clock
+        self.committer: GroupCommitter | None = None
 
     def path_of(self, instance: Instance) -> Path:
         return self.root / instance.file_path
@@ -105,6 +109,18 @@ class InstanceStore:
         probe = self.root if self.root.exists() else self.root.parent
         probe.mkdir(parents=True, exist_ok=True)
         return shutil.disk_usage(probe).free
+
+    def start_group_commit(self) -> None:
+        """From now on ``store`` hands its writes to one committer thread (group commit)."""
+        if self.committer is None:
+            self.committer = GroupCommitter(self.db)
+            self.committer.start()
+
+    def stop_group_commit(self) -> None:
+        """Finish the queued writes; ``store`` writes by itself again."""
+        committer, self.committer = self.committer, None
+        if committer is not None:
+            committer.stop()
 
     def store(self, data: bytes, meta: InstanceMeta, origin: Origin) -> StoreOutcome:
         """Write ``data`` (a complete DICOM file) durably and index it; raises on failure."""
@@ -124,22 +140,35 @@ class InstanceStore:
                 f"watermark {self.min_free_bytes // (1024 * 1024)} MiB"
             )
         relpath = instance_relpath(meta.study_uid, meta.series_uid, meta.sop_instance_uid, sha)
+
+        def forget() -> None:
+            # Not indexed (a full or locked database): the answer will be a failure, so the
+            # new file goes too. A file an index row already names (same bytes) stays.
+            if known is None or known.sha256 != sha:
+                (self.root / relpath).unlink(missing_ok=True)
+
+        def index(session: Session) -> StoreOutcome:
+            return self._index(session, meta, origin, relpath, sha, len(data))
+
+        committer = self.committer
+        if committer is not None and committer.running:
+            outcome: StoreOutcome = committer.submit(
+                Pending(self.root / relpath, data, index, forget)
+            )
+            return outcome
         write_atomically(self.root / relpath, data)
         try:
             for attempt in range(2):
                 try:
                     with self.db.session() as session:
-                        return self._index(session, meta, origin, relpath, sha, len(data))
+                        return index(session)
                 except IntegrityError:
                     # Another association indexed the same UID at the same moment (non-SQLite
                     # backends); the second pass sees its row and resolves duplicate/replace.
                     if attempt:
                         raise
         except Exception:
-            # Not indexed (a full or locked database): the answer will be a failure, so the
-            # new file goes too. A file an index row already names (same bytes) stays.
-            if known is None or known.sha256 != sha:
-                (self.root / relpath).unlink(missing_ok=True)
+            forget()
             raise
         raise AssertionError("unreachable")
 

@@ -97,6 +97,7 @@ class Service:
         start_delivery(self.db, settings, self.stages)
         if settings.retrain.enabled:
             self._start_retraining(scorer)
+        self.store.start_group_commit()  # before the inputs: they hand their writes to it
         self.scp.start()
         self.http.start()
 
@@ -141,6 +142,7 @@ class Service:
         log.info("shutting down")
         self.http.stop()
         self.scp.stop()
+        self.store.stop_group_commit()  # after the inputs: what they queued is committed
         self.stages.stop_event.set()  # a running retraining stops at its next step, as failed
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=True)

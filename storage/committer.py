@@ -1,0 +1,171 @@
+"""Group commit: many receiving threads, one writer, one transaction per batch.
+
+pynetdicom runs one thread per association, and each C-STORE must be durable and indexed
+before it is acknowledged. Done one by one, every instance pays its own folder fsync and its
+own SQLite commit (a WAL fsync under ``synchronous=FULL``) while holding the only write lock.
+Here the handlers queue their instance and wait; one committer thread takes everything
+queued, and per batch:
+
+1. writes each file to a temporary name, ``fdatasync``s it and renames it into place
+   (a write that fails fails only that instance);
+2. fsyncs each touched folder once, so every rename of the batch is durable;
+3. indexes all rows in ONE transaction, then wakes every waiting handler with its outcome.
+
+The order is what makes an acknowledgement mean "on disk and indexed" after a power cut: a
+committed row only ever names a file whose bytes and name were already synced. If the batch
+transaction fails (a constraint, a full disk), each instance is indexed on its own, so only
+the instances that really fail are refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from storage.db import Database
+from storage.files import fsync_dirs, write_unsynced_name
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 64  # instances per transaction; bounds the memory a batch holds and its latency
+
+
+@dataclass
+class Pending:
+    """One instance waiting for the committer; ``outcome`` or ``error`` is set when done."""
+
+    target: Path  # absolute final path
+    data: bytes
+    index: Callable[[Session], Any]  # adds the rows for this instance, returns its outcome
+    on_failure: Callable[[], None]  # undo what was written when the instance is refused
+    done: threading.Event = field(default_factory=threading.Event)
+    outcome: Any = None
+    error: BaseException | None = None
+    written: bool = False
+
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        self.done.set()
+
+
+class GroupCommitter:
+    """The single writer thread; ``submit`` blocks until the instance is durable or refused."""
+
+    def __init__(self, db: Database, max_batch: int = MAX_BATCH) -> None:
+        self.db = db
+        self.max_batch = max_batch
+        self._queue: queue.SimpleQueue[Pending | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self.batches = 0  # how many transactions were committed (tests and metrics)
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Finish what is queued, then end the thread."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=60)
+            self._thread = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def submit(self, pending: Pending) -> Any:
+        """Queue ``pending`` and wait; returns its outcome or raises what failed it."""
+        self._queue.put(pending)
+        pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+        return pending.outcome
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < self.max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            try:
+                self.commit(batch)
+            except BaseException as exc:  # never leave a handler waiting forever
+                log.exception("group commit failed")
+                for pending in batch:
+                    if not pending.done.is_set():
+                        pending.fail(exc)
+            if stop:
+                return
+
+    def commit(self, batch: list[Pending]) -> None:
+        """Write, sync, index and release one batch (runs in the committer thread)."""
+        for pending in batch:
+            try:
+                write_unsynced_name(pending.target, pending.data)
+                pending.written = True
+            except OSError as exc:
+                pending.fail(exc)
+        live = [p for p in batch if p.written]
+        if not live:
+            return
+        try:
+            fsync_dirs({p.target.parent for p in live})
+        except OSError as exc:  # the names may not be durable: refuse them all
+            for pending in live:
+                self._refuse(pending, exc)
+            return
+        try:
+            with self.db.session() as session:
+                outcomes = [p.index(session) for p in live]
+        except Exception:
+            log.warning("batch index failed, indexing its instances one by one", exc_info=True)
+            for pending in live:
+                self._index_alone(pending)
+            return
+        self.batches += 1
+        for pending, outcome in zip(live, outcomes, strict=True):
+            pending.outcome = outcome
+            pending.done.set()
+
+    def _index_alone(self, pending: Pending) -> None:
+        for attempt in range(2):
+            try:
+                with self.db.session() as session:
+                    pending.outcome = pending.index(session)
+                break
+            except IntegrityError:
+                # Another process indexed the same UID at the same moment (PostgreSQL); the
+                # second pass sees its row and resolves duplicate or replace.
+                if attempt:
+                    raise
+            except Exception as exc:
+                self._refuse(pending, exc)
+                return
+        pending.done.set()
+
+    @staticmethod
+    def _refuse(pending: Pending, exc: BaseException) -> None:
+        try:
+            pending.on_failure()
+        except OSError:
+            log.exception("could not remove the file of a refused instance")
+        pending.fail(exc)
