@@ -151,16 +151,18 @@ class GroupCommitter:
             try:
                 with self.db.session() as session:
                     pending.outcome = pending.index(session)
-                break
-            except IntegrityError:
+            except IntegrityError as exc:
                 # Another process indexed the same UID at the same moment (PostgreSQL); the
                 # second pass sees its row and resolves duplicate or replace.
                 if attempt:
-                    raise
+                    self._refuse(pending, exc)
+                    return
             except Exception as exc:
                 self._refuse(pending, exc)
                 return
-        pending.done.set()
+            else:
+                pending.done.set()
+                return
 
     @staticmethod
     def _refuse(pending: Pending, exc: BaseException) -> None:
