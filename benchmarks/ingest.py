@@ -1,11 +1,19 @@
-"""Ingest throughput: ``tamperscan serve`` against DCMTK ``storescp``, same files, same run.
+"""Ingest throughput: ``tamperscan serve`` against Orthanc, DCMTK and bare pynetdicom.
 
-N uncompressed 512x512 CT instances are sent with DCMTK ``storescu`` over loopback to
-(a) ``tamperscan serve`` (validates, writes durably with fsync, indexes in SQLite, then
-acknowledges) and (b) ``storescp`` writing to disk (no fsync, no index). Rounds alternate
-between the receivers so machine noise hits all; the median of each is reported, and the
-ratio serve/storescp (target >= 0.8). A third receiver, (c) a bare pynetdicom SCP that only
-writes each dataset to disk, shows how much of the gap is the DICOM library itself.
+N uncompressed 512x512 CT instances are sent with DCMTK ``storescu`` over loopback, once over
+1 association and once over 4 concurrent associations (4 ``storescu`` processes, N/4 files
+each), to:
+
+- ``tamperscan serve``: validates, writes durably (fdatasync, folder fsync), indexes in
+  SQLite (WAL, synchronous=FULL) through the group committer, then acknowledges;
+- Orthanc (if installed): its defaults, files synced and a SQLite index;
+- DCMTK ``storescp`` writing to disk (no fsync, no index);
+- a bare pynetdicom SCP that only writes each dataset to disk (the floor for a pynetdicom
+  receiver: how much of the cost is the DICOM library itself).
+
+Every receiver starts fresh for each measurement; rounds alternate between receivers so
+machine noise hits all, and the median of the rounds is reported. Targets (issue #12): with 1
+association tamperscan >= 0.6x bare pynetdicom; with 4 associations >= 1.0x Orthanc.
 
     python benchmarks/ingest.py [--count 200] [--rounds 3]
 """
@@ -13,6 +21,7 @@ writes each dataset to disk, shows how much of the gap is the DICOM library itse
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import socket
@@ -76,15 +85,33 @@ def wait_port(port: int, process: subprocess.Popen) -> None:
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 
-def send(port: int, files_dir: Path) -> float:
+def send(port: int, folders: list[Path]) -> float:
+    """Send each folder over its own association, all at once; seconds until all are done."""
     started = time.perf_counter()
-    subprocess.run(
-        ["storescu", "-aec", "TAMPERSCAN", "+sd", "127.0.0.1", str(port), str(files_dir)],
-        check=True,
-        capture_output=True,
-        env=DCMTK_ENV,
-    )
+    senders = [
+        subprocess.Popen(
+            ["storescu", "-aec", "TAMPERSCAN", "+sd", "127.0.0.1", str(port), str(folder)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=DCMTK_ENV,
+        )
+        for folder in folders
+    ]
+    for sender in senders:
+        _, err = sender.communicate()
+        if sender.returncode:
+            raise RuntimeError(f"storescu failed: {err.decode(errors='replace')[-500:]}")
     return time.perf_counter() - started
+
+
+def split(files: list[Path], folder: Path, parts: int) -> list[Path]:
+    """The same files in ``parts`` folders (hard links), one per association."""
+    folders = [folder / str(n) for n in range(parts)]
+    for sub in folders:
+        sub.mkdir(parents=True)
+    for index, path in enumerate(files):
+        os.link(path, folders[index % parts] / path.name)
+    return folders
 
 
 def start_serve(work: Path) -> tuple[subprocess.Popen, int]:
@@ -113,6 +140,29 @@ def start_storescp(work: Path) -> tuple[subprocess.Popen, int]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=DCMTK_ENV,
+    )
+    wait_port(port, process)
+    return process, port
+
+
+def start_orthanc(work: Path) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    config = {
+        "Name": "IngestBench",
+        "StorageDirectory": str(work / "orthanc"),
+        "IndexDirectory": str(work / "orthanc"),
+        "HttpPort": free_port(),
+        "DicomPort": port,
+        "DicomAet": "TAMPERSCAN",
+        "RemoteAccessAllowed": False,
+        "Plugins": [],
+    }
+    (work / "orthanc.json").write_text(json.dumps(config))
+    process = subprocess.Popen(
+        ["Orthanc", str(work / "orthanc.json")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=DCMTK_ENV,  # Orthanc's DICOM side is DCMTK: the same Nagle switch
     )
     wait_port(port, process)
     return process, port
@@ -154,6 +204,67 @@ def start_bare(work: Path) -> tuple[subprocess.Popen, int]:
     return process, port
 
 
+CONCURRENCY = (1, 4)
+
+
+def measure(args: argparse.Namespace, root: Path) -> dict[str, dict[int, list[float]]]:
+    files = root / "files"
+    files.mkdir()
+    paths = write_series(files, args.count)
+    size_mb = sum(p.stat().st_size for p in paths) / 1e6
+    print(f"{args.count} CT instances, 512x512 uncompressed, {size_mb:.0f} MB per round")
+    folders = {n: split(paths, root / f"split-{n}", n) for n in CONCURRENCY}
+    receivers = {"tamperscan": start_serve}
+    if shutil.which("Orthanc"):
+        receivers["orthanc"] = start_orthanc
+    else:
+        print("Orthanc not installed: no Orthanc column")
+    receivers.update({"storescp": start_storescp, "pynetdicom": start_bare})
+    timings: dict[str, dict[int, list[float]]] = {
+        name: {n: [] for n in CONCURRENCY} for name in receivers
+    }
+    for round_no in range(args.rounds):
+        for name, start in receivers.items():
+            for n in CONCURRENCY:
+                work = root / f"{name}-{n}-{round_no}"
+                work.mkdir()
+                process, port = start(work)
+                try:
+                    timings[name][n].append(send(port, folders[n]))
+                finally:
+                    process.terminate()
+                    process.wait(timeout=60)
+                shutil.rmtree(work, ignore_errors=True)
+    return timings
+
+
+def report(count: int, timings: dict[str, dict[int, list[float]]]) -> None:
+    rates = {
+        name: {n: count / statistics.median(runs) for n, runs in by_n.items()}
+        for name, by_n in timings.items()
+    }
+    print(f"\n| receiver | {' | '.join(f'{n} assoc. (inst/s)' for n in CONCURRENCY)} |")
+    print(f"|---|{'---:|' * len(CONCURRENCY)}")
+    for name, by_n in rates.items():
+        cells = []
+        for n in CONCURRENCY:
+            spread = "/".join(f"{count / t:.0f}" for t in timings[name][n])
+            cells.append(f"{by_n[n]:.0f} ({spread})")
+        print(f"| {name} | {' | '.join(cells)} |")
+    ours = rates["tamperscan"]
+    print(f"\non {os.cpu_count()} cores, median of the rounds (each round in brackets)")
+    print(
+        f"1 assoc.: tamperscan/bare pynetdicom = {ours[1] / rates['pynetdicom'][1]:.2f}"
+        " (target >= 0.6)"
+    )
+    if "orthanc" in rates:
+        for n in CONCURRENCY:
+            target = " (target >= 1.0)" if n == 4 else ""
+            print(f"{n} assoc.: tamperscan/Orthanc = {ours[n] / rates['orthanc'][n]:.2f}{target}")
+    for n in CONCURRENCY:
+        print(f"{n} assoc.: tamperscan/storescp = {ours[n] / rates['storescp'][n]:.2f}")
+
+
 def main() -> int:
     if len(sys.argv) == 4 and sys.argv[1] == "--bare-scp":
         bare_pynetdicom_scp(int(sys.argv[2]), Path(sys.argv[3]))
@@ -166,38 +277,7 @@ def main() -> int:
         print("DCMTK (storescu, storescp) is required: apt-get install dcmtk", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="ingest-bench-") as tmp:
-        root = Path(tmp)
-        files = root / "files"
-        files.mkdir()
-        write_series(files, args.count)
-        size_mb = sum(p.stat().st_size for p in files.iterdir()) / 1e6
-        print(f"{args.count} CT instances, 512x512 uncompressed, {size_mb:.0f} MB per round")
-        receivers = {
-            "tamperscan": start_serve,
-            "storescp": start_storescp,
-            "pynetdicom": start_bare,
-        }
-        timings: dict[str, list[float]] = {name: [] for name in receivers}
-        for round_no in range(args.rounds):
-            for name, start in receivers.items():
-                work = root / f"{name}-{round_no}"
-                work.mkdir()
-                process, port = start(work)
-                try:
-                    timings[name].append(send(port, files))
-                finally:
-                    process.terminate()
-                    process.wait(timeout=60)
-                shutil.rmtree(work, ignore_errors=True)
-        rates = {k: args.count / statistics.median(v) for k, v in timings.items()}
-        for name, rate in rates.items():
-            spread = ", ".join(f"{args.count / t:.0f}" for t in timings[name])
-            print(f"{name:>10}: {rate:7.1f} instances/s (median of {spread})")
-        ratio = rates["tamperscan"] / rates["storescp"]
-        print(f"ratio tamperscan/storescp: {ratio:.2f} (target >= 0.8) on {os.cpu_count()} cores")
-        floor = rates["pynetdicom"] / rates["storescp"]
-        print(f"ratio bare pynetdicom/storescp: {floor:.2f} (the ceiling for a pynetdicom SCP)")
-        print(f"ratio tamperscan/bare pynetdicom: {rates['tamperscan'] / rates['pynetdicom']:.2f}")
+        report(args.count, measure(args, Path(tmp)))
     return 0
 
 
