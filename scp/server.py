@@ -11,17 +11,20 @@ ended, including associations whose pynetdicom thread died.
 
 from __future__ import annotations
 
+import copy
 import logging
 import socket
 import ssl
 import threading
 import time
+from typing import Any
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom.association import Association as PynetAssociation
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import A_ABORT
+from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from scp.guard import GuardedServer, GuardLimits
@@ -51,6 +54,24 @@ def build_ssl_context(settings: ScpSettings) -> ssl.SSLContext | None:
         context.verify_mode = ssl.CERT_REQUIRED
         context.load_verify_locations(str(tls.client_ca_file))
     return context
+
+
+class _SupportedContexts(list[PresentationContext]):
+    """The server's supported contexts, copied cheaply for each new association.
+
+    pynetdicom deep-copies them for every association so negotiation cannot change the
+    server's own; with every storage class in every transfer syntax that is thousands of UIDs,
+    each re-validated by pydicom: tens of milliseconds per association. A context's only
+    mutable state is its transfer syntax list, so a shallow copy with its own list is as safe.
+    """
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> list[PresentationContext]:
+        copies = []
+        for context in self:
+            clone = copy.copy(context)
+            clone._transfer_syntax = list(context._transfer_syntax)
+            copies.append(clone)
+        return copies
 
 
 class StorageSCP:
@@ -130,6 +151,7 @@ class StorageSCP:
             limits=limits,
             hooks=self,
         )
+        self._server.contexts = _SupportedContexts(self._server.contexts)
         # Accepted sockets inherit this on Linux: each small C-STORE response goes out at
         # once instead of waiting on Nagle's algorithm and the peer's delayed ACK (~40 ms).
         self._server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
