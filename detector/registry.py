@@ -22,6 +22,7 @@ _FACTORIES: dict[str, str | Factory] = {
     "noise-consistency": "detector.forensics.noise:NoiseConsistencyCheck.create",
     "slice-consistency": "detector.forensics.consistency:SliceConsistencyCheck.create",
     "exact-repeat": "detector.forensics.duplicates:ExactRepeatCheck.create",
+    "noise-copy": "detector.forensics.noisecopy:NoiseCopyCheck.create",
     "btd": "detector.btd:create",
     "inpaint": "detector.inpainting:create",
 }

@@ -7,4 +7,4 @@ gives calibrated verdicts from its first study, on whatever scanner sent it. Wha
 borrows from which published work is in docs/detectors.md ("Forensic checks").
 """
 
-VERSION = "forensic-1"  # what verdicts and SRs call the checks' version; bump on any change
+VERSION = "forensic-2"  # what verdicts and SRs call the checks' version; bump on any change
