@@ -50,7 +50,12 @@ class DetectorSettings(BaseModel):
     )
     batch_size: int = Field(0, ge=0, description="Patches per device batch; 0 picks by device.")
     checks: list[str] = Field(
-        default_factory=lambda: ["noise-consistency", "slice-consistency", "exact-repeat", "noise-copy"],
+        default_factory=lambda: [
+            "noise-consistency",
+            "slice-consistency",
+            "exact-repeat",
+            "noise-copy",
+        ],
         description="Forensic checks (no training) run on every series, learned models or not.",
     )
     hotspots_per_slice: int = Field(
