@@ -64,9 +64,25 @@ def _transform(a: np.ndarray, k: int, flip: bool) -> np.ndarray:
     return np.rot90(a.T if flip else a, k)
 
 
-def _untransform(a: np.ndarray, k: int, flip: bool) -> np.ndarray:
-    back = np.rot90(a, -k)
-    return back.T if flip else back
+def _gather_lut(source_bits: np.ndarray) -> np.ndarray:
+    """Byte lookup tables that move bit ``source_bits[n]`` of a word to bit ``n``.
+
+    ``out = OR_j lut[j][(word >> 8 j) & 255]``: eight lookups instead of one shift per bit,
+    which is what makes turning a word (a bit permutation) or hashing it cheap.
+    """
+    lut = np.zeros((8, 256), dtype=np.uint64)
+    values = np.arange(256, dtype=np.uint64)
+    for n, src in enumerate(np.asarray(source_bits, dtype=np.int64)):
+        j, bit = divmod(int(src), 8)
+        lut[j] |= ((values >> np.uint64(bit)) & np.uint64(1)) << np.uint64(n)
+    return lut
+
+
+def _apply(lut: np.ndarray, words: np.ndarray) -> np.ndarray:
+    out = np.zeros(words.shape, dtype=np.uint64)
+    for j in range(8):
+        out |= lut[j][((words >> np.uint64(8 * j)) & np.uint64(255)).astype(np.intp)]
+    return out
 
 
 class NoiseCopyCheck:
@@ -95,13 +111,23 @@ class NoiseCopyCheck:
         self.side, self.index_budget = side, index_budget
         self.max_distance, self.min_offset_px, self.reach_px = max_distance, min_offset_px, reach_px
         self.subsets = [np.sort(rng.choice(64, bits, replace=False)) for _ in range(tables)]
+        self.key_mask = np.uint64((1 << bits) - 1)
+        # Per flip/turn: bit b of the turned block's word is bit ``turn[b]`` of the block's.
+        base = np.arange(64).reshape(8, 8)
+        self._turns = [(k, flip, _transform(base, k, flip).ravel()) for k, flip in _TRANSFORMS]
+        self._turn_luts = [_gather_lut(turn) for _, _, turn in self._turns]
+        self._key_luts = [
+            [_gather_lut(turn[sub]) for sub in self.subsets] for *_, turn in self._turns
+        ]
+        self._plain_key_luts = [_gather_lut(sub) for sub in self.subsets]
+        self._found: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
         self.info: dict[str, object] = {"kind": self.kind.value}
         self._series: tuple[object, ...] = ()
         self._residuals: list[np.ndarray] = []
         self._slice_of: dict[object, int] = {}
         self._words = np.empty(0, dtype=np.uint64)
         self._owner = np.empty((0, 3), dtype=np.int32)  # slice, row, col of the block origin
-        self._tables: list[tuple[np.ndarray, np.ndarray]] = []  # (sorted keys, order)
+        self._tables: list[tuple[np.ndarray, np.ndarray]] = []  # (bucket starts, order)
         self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
 
     @classmethod
@@ -147,10 +173,7 @@ class NoiseCopyCheck:
         return words
 
     def _key(self, words: np.ndarray, t: int) -> np.ndarray:
-        out = np.zeros(words.shape, dtype=np.uint64)
-        for n, b in enumerate(self.subsets[t]):
-            out |= ((words >> np.uint64(b)) & np.uint64(1)) << np.uint64(n)
-        return out
+        return _apply(self._plain_key_luts[t], words)
 
     def prepare(self, series: Sequence[SliceImage]) -> None:
         """Index the noise-dominated blocks of the series (once).
@@ -177,31 +200,41 @@ class NoiseCopyCheck:
             owners.append(np.stack([np.full(ys.size, k), ys * st, xs * st], axis=1))
         self._series = ident
         self._residuals = kept
+        self._found = {}
         self._slice_of = {slice_id: k for k, slice_id in enumerate(ident)}
         self._words = np.concatenate(words) if words else np.empty(0, dtype=np.uint64)
         self._owner = (
             np.concatenate(owners).astype(np.int32) if owners else np.empty((0, 3), np.int32)
         )
         self._tables = []
+        every_key = np.arange(int(self.key_mask) + 2, dtype=np.uint64)
         for t in range(len(self.subsets)):
             keys = self._key(self._words, t)
-            order = np.argsort(keys, kind="stable")
-            self._tables.append((keys[order], order))
+            order = np.argsort(keys, kind="stable").astype(np.int64)
+            # Bucket starts for every possible key: a lookup is two gathers, not a search.
+            starts = np.searchsorted(keys[order], every_key).astype(np.int32)
+            self._tables.append((starts, order))
 
     # -- scoring --------------------------------------------------------------------------
 
-    def _donors(self, words: np.ndarray) -> list[np.ndarray]:
-        """For each query word, the indexed words within ``max_distance`` bits (vectorised).
+    def _pairs(self, words: np.ndarray, o: int, negate: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(query index, donor index) of indexed words within ``max_distance`` bits of each
+        query word turned by orientation ``o`` (and sign-inverted when ``negate``).
 
         A bucket holding more than :data:`BUCKET_CAP` words is a pattern that recurs by nature
         (structure, not noise) and is skipped, which also bounds the work per query.
         """
-        query_of, donor_of = [], []
-        for t, (keys, order) in enumerate(self._tables):
-            q = self._key(words, t)
-            lo = np.searchsorted(keys, q, side="left")
-            hi = np.searchsorted(keys, q, side="right")
-            n = hi - lo
+        turned = _apply(self._turn_luts[o], words)
+        if negate:
+            turned = ~turned
+        queries, donors = [], []
+        for t, (starts, order) in enumerate(self._tables):
+            q = _apply(self._key_luts[o][t], words)
+            if negate:
+                q = ~q & self.key_mask
+            q = q.astype(np.intp)
+            lo = starts[q].astype(np.int64)
+            n = starts[q + 1] - lo
             take = np.flatnonzero((n > 0) & (n <= BUCKET_CAP))
             if take.size == 0:
                 continue
@@ -209,69 +242,69 @@ class NoiseCopyCheck:
             which = np.repeat(take, counts)
             offset = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
             cand = order[np.repeat(lo[take], counts) + offset]
-            near = _popcount(self._words[cand] ^ words[which]) <= self.max_distance
-            query_of.append(which[near])
-            donor_of.append(cand[near])
-        out: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * words.size
-        if not query_of:
-            return out
-        pairs = np.unique(np.stack([np.concatenate(query_of), np.concatenate(donor_of)]), axis=1)
-        split = np.searchsorted(pairs[0], np.arange(words.size + 1))
-        for i in np.flatnonzero(np.diff(split)):
-            out[i] = pairs[1, split[i] : split[i + 1]]
-        return out
+            near = _popcount(self._words[cand] ^ turned[which]) <= self.max_distance
+            queries.append(which[near])
+            donors.append(cand[near])
+        if not queries:
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        pairs = np.unique(np.stack([np.concatenate(queries), np.concatenate(donors)]), axis=1)
+        return pairs[0], pairs[1]
 
-    def _window(self, loc: Location, shape: tuple[int, int]) -> tuple[int, int, int, int]:
-        r = self.reach_px + self.side // 2
-        return (
-            max(0, loc.y - r),
-            min(shape[0], loc.y + r + 1),
-            max(0, loc.x - r),
-            min(shape[1], loc.x + r + 1),
-        )
+    def _slice_hits(
+        self, image: SliceImage, dense: np.ndarray, ys: np.ndarray, xs: np.ndarray
+    ) -> np.ndarray:
+        """Which of the block origins (ys, xs) of a slice hold noise copied from elsewhere."""
+        resid, ok = self._residual(image)
+        h, s = self.side // 2, self.side
+        words = dense[ys, xs]
+        hit = np.zeros(ys.size, dtype=bool)
+        usable = ok[ys + h, xs + h] & (_transitions(words) >= MIN_TRANSITIONS)
+        if self._words.size == 0 or not usable.any():
+            return hit
+        for o, (k, flip, _) in enumerate(self._turns):
+            for negate in (False, True):
+                query, donor = self._pairs(words, o, negate)
+                keep = usable[query] & ~hit[query]
+                query, donor = query[keep], donor[keep]
+                per_query = np.bincount(query, minlength=ys.size)
+                for i in np.flatnonzero((per_query > 0) & (per_query <= MAX_DONORS)):
+                    block = _transform(resid[ys[i] : ys[i] + s, xs[i] : xs[i] + s], k, flip)
+                    hit[i] = self._confirmed(
+                        -block if negate else block, donor[query == i], int(ys[i]), int(xs[i])
+                    )
+        return hit
 
     def hits(self, loc: Location) -> np.ndarray:
-        """Map (window around the location) of noise-like block centres whose noise is a copy.
+        """Map (block origins around the location) of blocks whose noise is a copy.
 
-        Donors near the location on any slice do not count: the next slice's anatomy there
-        gives a correlated residual, and a copy moves noise from somewhere else.
+        Results are kept per slice, so overlapping regions never query a block twice.
         """
-        resid, ok = self._residual(loc.image)
-        y0, y1, x0, x1 = self._window(loc, resid.shape)
-        window, ok_window = resid[y0:y1, x0:x1], ok[y0:y1, x0:x1]
-        out = np.zeros(window.shape, dtype=bool)
-        s, h = self.side, self.side // 2
-        if self._words.size == 0 or min(window.shape) < s or not ok_window.any():
-            return out
-        for k, flip in _TRANSFORMS:
-            words = self._dense_words(_transform(window, k, flip))
-            usable = _transform(ok_window, k, flip)[h : h + words.shape[0], h : h + words.shape[1]]
-            usable &= _transitions(words) >= MIN_TRANSITIONS
-            flat = words[usable]
-            if flat.size == 0:
-                continue
-            transformed = _transform(window, k, flip)
-            origins = np.argwhere(usable)
-            hit = np.zeros(flat.size, dtype=bool)
-            for negate, query in ((False, flat), (True, ~flat)):
-                for i, donors in enumerate(self._donors(query)):
-                    if hit[i] or not 0 < donors.size <= MAX_DONORS:
-                        continue
-                    ty, tx = origins[i]
-                    block = transformed[ty : ty + s, tx : tx + s]
-                    hit[i] = self._confirmed(-block if negate else block, donors, loc)
-            found = np.zeros(usable.shape, dtype=bool)
-            found[usable] = hit
-            padded = np.zeros(_transform(window, k, flip).shape, dtype=bool)
-            padded[h : h + found.shape[0], h : h + found.shape[1]] = found
-            out |= _untransform(padded, k, flip)
-        return out
+        rows, cols = loc.image.pixels.shape
+        r, h = self.reach_px, self.side // 2
+        y0, y1 = max(0, loc.y - h - r), min(rows - self.side + 1, loc.y - h + r + 1)
+        x0, x1 = max(0, loc.x - h - r), min(cols - self.side + 1, loc.x - h + r + 1)
+        if y1 <= y0 or x1 <= x0:
+            return np.zeros((0, 0), dtype=bool)
+        key = id(loc.image.pixels)
+        entry = self._found.get(key)
+        if entry is None or entry[0] is not loc.image.pixels:
+            done = np.zeros((rows, cols), dtype=bool)
+            dense = self._dense_words(self._residual(loc.image)[0])
+            entry = (loc.image.pixels, done, np.zeros((rows, cols), dtype=bool), dense)
+            self._found = {key: entry}  # one slice at a time is scored
+        _, done, found, dense = entry
+        todo = ~done[y0:y1, x0:x1]
+        if todo.any():
+            ys, xs = np.nonzero(todo)
+            ys, xs = ys + y0, xs + x0
+            found[ys, xs] = self._slice_hits(loc.image, dense, ys, xs)
+            done[ys, xs] = True
+        return found[y0:y1, x0:x1]
 
-    def _confirmed(self, block: np.ndarray, donors: np.ndarray, loc: Location) -> bool:
-        """A donor far from the location whose residual values correlate with ``block``."""
-        h = self.side // 2
+    def _confirmed(self, block: np.ndarray, donors: np.ndarray, y: int, x: int) -> bool:
+        """A donor far from (y, x) whose residual values correlate with ``block``."""
         for slice_k, row, col in self._owner[donors]:
-            if np.hypot(row + h - loc.y, col + h - loc.x) < self.reach_px + self.min_offset_px:
+            if np.hypot(row - y, col - x) < self.reach_px + self.min_offset_px:
                 continue
             if self._ncc(block, int(slice_k), row, col) < MIN_NCC:
                 continue
@@ -295,14 +328,18 @@ class NoiseCopyCheck:
 
     def score(self, locations: Sequence[Location]) -> list[RegionScore]:
         out = []
+        h = self.side // 2
         for loc in locations:
             if loc.context and _slice_id(loc.image) not in self._slice_of:
                 self.prepare(loc.context)
             found = self.hits(loc)
             heat = np.zeros(loc.image.pixels.shape, dtype=np.float32)
-            y0, _, x0, _ = self._window(loc, heat.shape)
-            spread = ndimage.uniform_filter(found.astype(np.float32), self.side) * self.side**2
-            heat[y0 : y0 + found.shape[0], x0 : x0 + found.shape[1]] = spread
+            if found.size:
+                y0 = max(0, loc.y - h - self.reach_px)
+                x0 = max(0, loc.x - h - self.reach_px)
+                centres = np.zeros(heat.shape, dtype=np.float32)
+                centres[y0 + h : y0 + h + found.shape[0], x0 + h : x0 + h + found.shape[1]] = found
+                heat = ndimage.uniform_filter(centres, self.side) * self.side**2
             out.append(RegionScore(float(found.sum()), crop(heat, loc.x, loc.y)))
         return out
 
