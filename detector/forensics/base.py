@@ -10,7 +10,8 @@ every slice before any deep model runs.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar
 
 import numpy as np
 from scipy import ndimage
@@ -18,6 +19,8 @@ from scipy import ndimage
 from detector.calibration import Calibration
 from detector.forensics.references import REFERENCES_PER_SERIES, reference_locations
 from detector.interface import EvidenceKind, Location, RegionScore, SliceImage
+
+T = TypeVar("T")
 
 HEATMAP_HALF = 32  # heatmaps are 64x64 crops centred on the location
 ROBUST = 1.4826  # MAD -> standard deviation for a normal distribution
@@ -54,6 +57,35 @@ def binned_z(
     return out
 
 
+class PixelCache(Generic[T]):
+    """The last few per-slice results, keyed by the slice's pixel array.
+
+    The array itself is held with its result, so its ``id`` cannot be reused by another slice
+    while the entry lives; least recently used entries go first.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._entries: OrderedDict[int, tuple[np.ndarray, T]] = OrderedDict()
+
+    def get(self, pixels: np.ndarray, make: Callable[[], T]) -> T:
+        key = id(pixels)
+        hit = self._entries.get(key)
+        if hit is not None and hit[0] is pixels:
+            self._entries.move_to_end(key)
+            return hit[1]
+        value = make()
+        self._entries[key] = (pixels, value)
+        if len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+        return value
+
+
+def slice_id(image: SliceImage) -> object:
+    """What identifies a slice across reads: its file, else its pixel array."""
+    return image.source or id(image.pixels)
+
+
 def crop(values: np.ndarray, x: int, y: int, half: int = HEATMAP_HALF) -> np.ndarray:
     """Square crop centred on (x, y), zero-padded where it leaves the image."""
     padded = np.pad(values, half)
@@ -70,8 +102,7 @@ class MapCheck:
     def __init__(self, reach_px: int = 5, references: int = REFERENCES_PER_SERIES, cache: int = 6):
         self.reach_px = reach_px
         self.references = references
-        self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
-        self._cache_size = cache
+        self._maps: PixelCache[np.ndarray] = PixelCache(cache)
         self.info: dict[str, object] = {"kind": self.kind.value}
 
     @property
@@ -84,17 +115,12 @@ class MapCheck:
 
     def anomaly_map(self, loc: Location) -> np.ndarray:
         """The cached map of ``loc``'s slice (reach-max applied), keyed by the pixel array."""
-        key = id(loc.image.pixels)
-        hit = self._cache.get(key)
-        if hit is not None and hit[0] is loc.image.pixels:
-            self._cache.move_to_end(key)
-            return hit[1]
-        raw = self.compute_map(loc)
-        spread = ndimage.maximum_filter(raw, size=2 * self.reach_px + 1)
-        self._cache[key] = (loc.image.pixels, spread)
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
-        return spread
+
+        def make() -> np.ndarray:
+            raw = self.compute_map(loc)
+            return ndimage.maximum_filter(raw, size=2 * self.reach_px + 1)
+
+        return self._maps.get(loc.image.pixels, make)
 
     def score(self, locations: Sequence[Location]) -> list[RegionScore]:
         out = []

@@ -9,7 +9,6 @@ The null is fitted per series from reference locations, like every forensic chec
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 from scipy import fft as sfft
 
 from detector.calibration import Calibration
+from detector.forensics.base import PixelCache
 from detector.forensics.references import reference_locations
 from detector.interface import EvidenceKind, Location, RegionScore, SliceImage
 
@@ -43,8 +43,7 @@ class CopyMoveDetector:
             raise ValueError("block must be odd")
         self.block = block
         self.patch = patch
-        self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
-        self._cache_slices = cache_slices
+        self._cache: PixelCache[tuple[np.ndarray, np.ndarray]] = PixelCache(cache_slices)
         self.window = window  # slices searched on each side, when the context is the series
         self.info: dict[str, object] = {"kind": self.kind.value}
 
@@ -58,20 +57,15 @@ class CopyMoveDetector:
         return cls()
 
     def _spectrum(self, image: SliceImage) -> tuple[np.ndarray, np.ndarray]:
-        key = id(image.pixels)
-        hit = self._cache.get(key)
-        if hit is not None and hit[0] is image.pixels:
-            self._cache.move_to_end(key)
-            return hit[1], hit[2]
+        return self._cache.get(image.pixels, lambda: self._compute_spectrum(image))
+
+    def _compute_spectrum(self, image: SliceImage) -> tuple[np.ndarray, np.ndarray]:
         pix = image.pixels.astype(np.float64)
         b = self.block
         shape = (pix.shape[0] + b - 1, pix.shape[1] + b - 1)
         spec = sfft.rfft2(pix, s=shape)
         sq = np.pad(np.cumsum(np.cumsum(pix**2, 0), 1), ((1, 0), (1, 0)))
         sums = sq[b:, b:] - sq[:-b, b:] - sq[b:, :-b] + sq[:-b, :-b]
-        self._cache[key] = (image.pixels, spec, sums)
-        if len(self._cache) > self._cache_slices:
-            self._cache.popitem(last=False)
         return spec, sums
 
     def _min_nssd(self, image: SliceImage, tmpl: np.ndarray, same: bool, x: int, y: int):  # noqa: ANN202

@@ -17,14 +17,13 @@ delivered false-alarm rate on genuine studies.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
 
 from detector.calibration import AnalyticNull
-from detector.forensics.base import crop
+from detector.forensics.base import PixelCache, crop, slice_id
 from detector.forensics.references import tissue_mask
 from detector.interface import EvidenceKind, Location, RegionScore, SliceImage
 
@@ -51,7 +50,7 @@ class ExactRepeatCheck:
         self._series: tuple[int, ...] = ()
         self._index = np.empty(0, dtype=np.uint64)
         self._owner = np.empty(0, dtype=np.int64)  # slice * (rows * cols) + flat position
-        self._keys: OrderedDict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
+        self._keys: PixelCache[tuple[np.ndarray, np.ndarray]] = PixelCache(8)
         self._slice_of: dict[object, int] = {}
 
     @classmethod
@@ -63,10 +62,9 @@ class ExactRepeatCheck:
 
     def _dense(self, image: SliceImage) -> tuple[np.ndarray, np.ndarray]:
         """(key map uint64, textured-and-in-tissue map) of one slice, cached."""
-        cache_key = id(image.pixels)
-        hit = self._keys.get(cache_key)
-        if hit is not None and hit[0] is image.pixels:
-            return hit[1], hit[2]
+        return self._keys.get(image.pixels, lambda: self._compute_keys(image))
+
+    def _compute_keys(self, image: SliceImage) -> tuple[np.ndarray, np.ndarray]:
         px = image.pixels.astype(np.float64)
         b, origin = self.block, -(self.block // 2)
         parts = []
@@ -82,14 +80,11 @@ class ExactRepeatCheck:
         ok[px.shape[0] - b + 1 :, :] = False
         ok[:, px.shape[1] - b + 1 :] = False
         ok &= ndimage.binary_dilation(tissue_mask(image), iterations=b)
-        self._keys[cache_key] = (image.pixels, keys, ok)
-        if len(self._keys) > 8:
-            self._keys.popitem(last=False)
         return keys, ok
 
     def prepare(self, series: Sequence[SliceImage]) -> None:
         """Index every textured block of the series on a 2-pixel grid (once per series)."""
-        ident = tuple(_slice_id(s) for s in series)
+        ident = tuple(slice_id(s) for s in series)
         if ident == self._series:
             return
         index, owner = [], []
@@ -147,7 +142,7 @@ class ExactRepeatCheck:
         out = np.zeros(sub_keys.shape, dtype=bool)
         if self._index.size == 0 or not sub_ok.any():
             return out
-        here = self._slice_of.get(_slice_id(loc.image), -1)
+        here = self._slice_of.get(slice_id(loc.image), -1)
         ys, xs = np.nonzero(sub_ok)
         wanted = sub_keys[ys, xs]
         lo = np.searchsorted(self._index, wanted, side="left")
@@ -164,7 +159,7 @@ class ExactRepeatCheck:
     def score(self, locations: Sequence[Location]) -> list[RegionScore]:
         out = []
         for loc in locations:
-            if loc.context and _slice_id(loc.image) not in self._slice_of:
+            if loc.context and slice_id(loc.image) not in self._slice_of:
                 self.prepare(loc.context)
             found = self._repeats(loc)
             heat = np.zeros(loc.image.pixels.shape, dtype=np.float32)
@@ -177,8 +172,3 @@ class ExactRepeatCheck:
     def calibrate(self, series: Sequence[SliceImage]) -> AnalyticNull:
         """The analytic null of the module docstring (nothing to fit)."""
         return AnalyticNull(threshold=MIN_REPEATS, p_at_or_above=REPEAT_P)
-
-
-def _slice_id(image: SliceImage) -> object:
-    """What identifies a slice across reads: its file, else its pixel array."""
-    return image.source or id(image.pixels)

@@ -37,14 +37,13 @@ rate), not a derivation.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
 
 from detector.calibration import AnalyticNull
-from detector.forensics.base import crop
+from detector.forensics.base import PixelCache, crop, slice_id
 from detector.interface import EvidenceKind, Location, RegionScore, SliceImage
 from detector.proposals import body_mask
 
@@ -128,7 +127,7 @@ class NoiseCopyCheck:
         self._words = np.empty(0, dtype=np.uint64)
         self._owner = np.empty((0, 3), dtype=np.int32)  # slice, row, col of the block origin
         self._tables: list[tuple[np.ndarray, np.ndarray]] = []  # (bucket starts, order)
-        self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
+        self._cache: PixelCache[tuple[np.ndarray, np.ndarray]] = PixelCache(8)
 
     @classmethod
     def create(cls, model_path: object = None, modality: str | None = None) -> NoiseCopyCheck:
@@ -139,10 +138,9 @@ class NoiseCopyCheck:
 
     def _residual(self, image: SliceImage) -> tuple[np.ndarray, np.ndarray]:
         """(residual, mask of noise-dominated block *centres*) of a slice, cached."""
-        key = id(image.pixels)
-        hit = self._cache.get(key)
-        if hit is not None and hit[0] is image.pixels:
-            return hit[1], hit[2]
+        return self._cache.get(image.pixels, lambda: self._compute_residual(image))
+
+    def _compute_residual(self, image: SliceImage) -> tuple[np.ndarray, np.ndarray]:
         px = image.pixels.astype(np.float64)
         smooth = ndimage.gaussian_filter(px, HIGH_PASS_SIGMA)
         resid = px - smooth
@@ -153,9 +151,6 @@ class NoiseCopyCheck:
         ok = (energy > MIN_RESIDUAL) & ndimage.binary_erosion(body_mask(image), iterations=2)
         ok[:h, :] = ok[px.shape[0] - h + 1 :, :] = False
         ok[:, :h] = ok[:, px.shape[1] - h + 1 :] = False
-        self._cache[key] = (image.pixels, resid, ok)
-        if len(self._cache) > 8:
-            self._cache.popitem(last=False)
         return resid, ok
 
     def _dense_words(self, resid: np.ndarray, step: int = 1) -> np.ndarray:
@@ -181,7 +176,7 @@ class NoiseCopyCheck:
         Every block origin while the series fits ``index_budget`` words; beyond it a coarser
         grid (a copy must then be a little larger to hold an aligned block).
         """
-        ident = tuple(_slice_id(s) for s in series)
+        ident = tuple(slice_id(s) for s in series)
         if ident == self._series:
             return
         words, owners, kept = [], [], []
@@ -330,7 +325,7 @@ class NoiseCopyCheck:
         out = []
         h = self.side // 2
         for loc in locations:
-            if loc.context and _slice_id(loc.image) not in self._slice_of:
+            if loc.context and slice_id(loc.image) not in self._slice_of:
                 self.prepare(loc.context)
             found = self.hits(loc)
             heat = np.zeros(loc.image.pixels.shape, dtype=np.float32)
@@ -365,7 +360,3 @@ _POP8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 def _popcount(words: np.ndarray) -> np.ndarray:
     as_bytes = np.ascontiguousarray(words, dtype=np.uint64).view(np.uint8).reshape(-1, 8)
     return _POP8[as_bytes].sum(axis=1)
-
-
-def _slice_id(image: SliceImage) -> object:
-    return image.source or id(image.pixels)
