@@ -177,13 +177,14 @@ def main() -> int:
     genuine = work / "genuine"
     phantoms("CT", args.ct, args.slices, args.size, genuine, seed * 10)
     phantoms("MR", args.mr, args.slices, args.size, genuine, seed * 10 + 5)
-    inpaint = [m for m in models if "inpaint" in m.name]
+    learned = [m for m in models if "inpaint" in m.name or "btd" in m.name]
     summaries = {}
     for family in ("A", "B"):
         out = work / f"tampered-{family}"
         attack = "all"
-        extra = [a for m in inpaint for a in ("--target-model", str(m))] if family == "B" else []
-        if family == "B" and not inpaint:
+        # family B's white-box attack descends every learned model of the modality at once
+        extra = [a for m in learned for a in ("--target-model", str(m))] if family == "B" else []
+        if family == "B" and not learned:
             attack = "injection,removal,copy-move"  # the white-box attack needs a model to attack
         cli("tamper", "--in", str(genuine), "--out", str(out), "--attack", attack, "--family",
             family, "--count", str(args.count), "--seed", str(seed + 7), *extra)  # fmt: skip

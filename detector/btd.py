@@ -90,7 +90,8 @@ class _TimeConditioning:
     """Scale/shift of every ResnetBlock for one fixed t, computed once (they do not depend on x)."""
 
     def __init__(self, unet: nn.Module, t: int) -> None:
-        with torch.inference_mode():
+        # no_grad, not inference_mode: the white-box attack differentiates through these
+        with torch.no_grad():
             device = next(unet.parameters()).device
             emb = unet.time_mlp(torch.full((1,), t, device=device, dtype=torch.long))
             self.by_block: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -188,6 +189,10 @@ class OneStep:
     @torch.inference_mode()
     def __call__(self, patches: torch.Tensor) -> torch.Tensor:
         """``patches``: (B, 1, S, S) in [0, 1]. Returns (B, S, S) residuals, float32."""
+        return self.residual(patches)
+
+    def residual(self, patches: torch.Tensor) -> torch.Tensor:
+        """The step itself, differentiable (``__call__`` runs it under inference mode)."""
         x01 = patches.to(self.device, torch.float32, non_blocking=True)
         x = (x01 * 2 - 1).contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.precision):
@@ -224,15 +229,22 @@ def reference_residual(diffusion: nn.Module, patch: np.ndarray, t: int = 0) -> n
     return ((x - x_prev).abs() * 0.5)[0, 0].float().cpu().numpy()
 
 
-def reduce_residual(residual: np.ndarray | torch.Tensor, scoring: BTDScoring) -> np.ndarray:
-    """Score(s) from residual map(s) (..., S, S) by the configured reduction."""
-    r = torch.as_tensor(residual, dtype=torch.float32)
+def residual_scores(residual: torch.Tensor, scoring: BTDScoring) -> torch.Tensor:
+    """Score(s) from residual map(s) (..., S, S) by the configured reduction, as a tensor
+    (differentiable: the white-box attack descends it)."""
+    r = residual
     if scoring.reduction == "centre_mse":
         size = r.shape[-1]
         c = scoring.centre_size or size // 2
         lo = (size - c) // 2
         r = r[..., lo : lo + c, lo : lo + c]
-    return r.square().mean(dim=(-2, -1)).double().cpu().numpy()
+    return r.square().mean(dim=(-2, -1))
+
+
+def reduce_residual(residual: np.ndarray | torch.Tensor, scoring: BTDScoring) -> np.ndarray:
+    """Score(s) from residual map(s) (..., S, S) by the configured reduction."""
+    r = torch.as_tensor(residual, dtype=torch.float32)
+    return residual_scores(r, scoring).double().cpu().numpy()
 
 
 class BTDDetector(LearnedDetector):
@@ -373,4 +385,5 @@ __all__ = [
     "load_btd",
     "reduce_residual",
     "reference_residual",
+    "residual_scores",
 ]

@@ -12,12 +12,14 @@ import csv
 import json
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
 import pytest
 from pydicom.pixels import apply_modality_lut
 
+from detector.btd import load_btd
 from detector.inpainting import load_inpaint
 from detector.interface import Location
 from detector.lab.attacks import (
@@ -83,26 +85,37 @@ def test_manifest_without_family_column_reads_as_family_a(tmp_path: Path) -> Non
     assert [r.family for r in read_manifest(path)] == ["A", "A"]
 
 
-def test_whitebox_lowers_the_targeted_detectors_score(lab_set: LabSet) -> None:
+def _serving_detector(kind: str, path: str, modality: str) -> Any:
+    if kind == "btd":
+        return load_btd(path, modality, device="cpu", precision="fp32")
+    return load_inpaint(path, modality, device="cpu", precision="fp32")
+
+
+def test_whitebox_lowers_every_targeted_detectors_score(lab_set: LabSet) -> None:
+    """PGD descends the sum of its targets' relative scores; each target, scored as serving
+    scores it (its own preprocessing, on the stored, quantised pixels), must end lower."""
     recs = [
         r for r in lab_set.result.records if r.family == "B" and r.attack == "adversarial-noise"
     ]
     assert {r.modality for r in recs} == {"CT", "MR"}
     for rec in recs:
         reg = rec.regions[0]
-        det = load_inpaint(
-            str(lab_set.models[rec.modality]), rec.modality, device="cpu", precision="fp32"
-        )
+        targets = rec.detail["targets"]
+        assert [t["model"] for t in targets] == [str(p) for p in lab_set.models[rec.modality]]
         rng = None
         if rec.modality == "MR":  # the same series range for both, as evaluation uses one
             rng = volume_intensity_range(series_files((lab_set.genuine / reg.path).parent))
         before = read_slice(lab_set.genuine / reg.path, rng)
         after = read_slice(lab_set.tampered / reg.path, rng)
-        scores, _ = det.score_patches(
-            patches_for([Location(before, reg.x, reg.y), Location(after, reg.x, reg.y)], det.prep)
-        )
-        assert scores[1] < scores[0], (rec.modality, scores)
-        assert rec.detail["score_after"] < rec.detail["score_before"]
+        for target in targets:
+            det = _serving_detector(target["kind"], target["model"], rec.modality)
+            scores, _ = det.score_patches(
+                patches_for(
+                    [Location(before, reg.x, reg.y), Location(after, reg.x, reg.y)], det.prep
+                )
+            )
+            assert scores[1] < scores[0], (rec.modality, target["kind"], scores)
+            assert target["score_after"] < target["score_before"]
         diff = np.abs(_values(lab_set.tampered / reg.path) - _values(lab_set.genuine / reg.path))
         assert 0 < diff.max() <= rec.epsilon + 1e-9
         if rec.modality == "CT":
@@ -132,7 +145,7 @@ def test_whitebox_refuses_without_a_checkpoint(
             "--family",
             "B",
             "--target-model",
-            str(lab_set.models["CT"]),
+            str(lab_set.models["CT"][0]),
         ]
     )
     err = capsys.readouterr().err
@@ -259,3 +272,22 @@ def test_overfull_cells_stop_short_and_leave_room_for_controls(
         assert {f.relative_to(lab_set.genuine).as_posix() for f in edited} <= recorded
     rows = read_manifest(out / BTD_MANIFEST)
     assert sum(r.label == 0 for r in rows) == sum(r.label == 1 for r in rows)
+
+
+def test_whitebox_targets_refuse_released_weights_and_other_kinds(
+    lab_set: LabSet, tmp_path: Path
+) -> None:
+    import torch
+
+    from detector.lab.whitebox_targets import targets_by_modality
+
+    released = tmp_path / "released.pt"
+    torch.save({"step": 1, "model": {}}, released)
+    with pytest.raises(TamperError, match="do not record their modality"):
+        targets_by_modality([released], {"CT"})
+    both = targets_by_modality(lab_set.models["CT"], {"CT"})
+    assert both == {"CT": lab_set.models["CT"]}
+    with pytest.raises(TamperError, match="for MR"):
+        targets_by_modality(lab_set.models["CT"], {"CT", "MR"})
+    with pytest.raises(TamperError, match="no such file"):
+        targets_by_modality([tmp_path / "missing.ckpt"], {"CT"})

@@ -164,7 +164,7 @@ class LabState:
         self.in_dir, self.out_dir = in_dir, out_dir
         self.rng = np.random.default_rng(seed)
         self.eps_hu, self.eps_mr = eps_hu, eps_mr
-        self.target_models: dict[str, Path] = {}  # modality -> checkpoint for white-box attacks
+        self.target_models: dict[str, list[Path]] = {}  # modality -> white-box targets
         self.cache: dict[tuple[str, str], Any] = {}  # loaded models, series ranges
         self.studies = self.find_studies()
         lesion_file = in_dir / LESIONS_CSV

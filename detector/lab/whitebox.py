@@ -1,25 +1,22 @@
-"""Family B's adversarial-noise: a white-box PGD attack on TamperScan's own inpainting detector.
+"""Family B's adversarial-noise: a white-box PGD attack on TamperScan's own learned detectors.
 
-The attacker knows the detector: given the checkpoint (``--target-model``, one per modality,
-as ``tamperscan train`` writes them) it differentiates the detector's score at the attacked
-location with respect to the pixels of a disc there, and runs projected gradient descent to
-*lower* that score, within ``|delta| <= epsilon`` (10 HU for CT, 1.5 % of the slice's robust
-range for MR, rounded down to whole stored units). It starts from a random point of the
-epsilon ball (so the region always carries a perturbation) and averages the gradient over
-small shifts of the patch (expectation over transformation), so the effect survives a
-proposal a few pixels off. The score before and after (quantised) is kept in the record.
-A white-box attacker perturbs where the target can see: spots where less than a quarter of
-the disc lies inside the detector's intensity window (CT lung below -700 HU is clipped by the
-BTD window) are passed over.
+The attacker knows the detectors: given their checkpoints (``--target-model``, inpainting
+and/or BTD, one or more per modality, as ``tamperscan train`` writes them) it differentiates
+their scores at the attacked location with respect to the pixels of a disc there
+(:mod:`detector.lab.whitebox_targets`), and runs projected gradient descent to *lower* them
+together, within ``|delta| <= epsilon`` (10 HU for CT, 1.5 % of the slice's robust range for
+MR, rounded down to whole stored units). It starts from a random point of the epsilon ball (so
+the region always carries a perturbation) and averages the gradient over small shifts of the
+patch. Every target's score before and after (quantised) is kept in the record. A white-box
+attacker perturbs where its targets can see: spots where less than a quarter of the disc lies
+inside a target's intensity window (CT lung below -700 HU is clipped) are passed over.
 
-Only inpainting checkpoints are supported; a BTD checkpoint or a missing modality is refused
-with an error that says what to give. Nothing here is shared with family A.
+A checkpoint of another kind, released BTD weights (no modality recorded) or a missing
+modality is refused with an error that says what to give. Nothing here is shared with
+family A.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -35,87 +32,18 @@ from detector.lab.edits import (
     stored_range,
     write_pixels,
 )
+from detector.lab.whitebox_targets import (
+    MARGIN,
+    Target,
+    targets_by_modality,
+    targets_for,
+    visible_share,
+)
 
 STEPS = 30
-SHIFTS = ((0, 0), (2, -2), (-2, 2))
-MIN_VISIBLE = 0.25  # share of the disc inside the detector's intensity window
+MIN_VISIBLE = 0.25  # share of the disc inside each target's intensity window
 
-
-def targets_by_modality(paths: Any, modalities: set[str]) -> dict[str, Path]:
-    """Check the target checkpoints: one inpainting model per modality that will be attacked."""
-    from detector.checkpoint import CheckpointError, kind_and_modality
-
-    found: dict[str, Path] = {}
-    for p in paths:
-        path = Path(p)
-        if not path.is_file():
-            raise TamperError(f"--target-model {path}: no such file")
-        try:
-            kind, modality = kind_and_modality(path)
-        except CheckpointError as exc:
-            raise TamperError(str(exc)) from None
-        if kind != "inpaint" or modality is None:
-            raise TamperError(
-                f"--target-model {path}: a {kind} checkpoint; the white-box attack "
-                "differentiates the inpainting detector: give an inpaint checkpoint"
-            )
-        found[modality] = path
-    missing = sorted(modalities - set(found))
-    if missing:
-        raise TamperError(
-            "family B adversarial-noise is a white-box attack on TamperScan's inpainting "
-            f"detector: give --target-model CKPT for {', '.join(missing)} (an inpaint "
-            "checkpoint from 'tamperscan train'), or leave adversarial-noise out of family B"
-        )
-    return found
-
-
-class _Target:
-    """The detector as a differentiable function of modality-unit pixels around (x, y)."""
-
-    def __init__(self, path: Path, modality: str) -> None:
-        import torch
-
-        from detector.inpainting import hole_mask, load_inpaint
-
-        self.torch = torch
-        self.det = load_inpaint(str(path), modality, device="auto", precision="fp32")
-        self.det.net.eval().requires_grad_(False)
-        self.device = self.det.device
-        self.size = self.det.net.cfg.patch_size
-        self.mask = hole_mask(self.det.net.cfg).to(self.device)
-        self.ring = 1.0 - self.mask
-
-    def window(self, st: StudySeries, values: np.ndarray, lab: LabState) -> tuple[float, float]:
-        prep = self.det.prep
-        if st.modality == "CT":
-            return float(prep.ct_window[0]), float(prep.ct_window[1])
-        key = ("range", st.name)
-        if key not in lab.cache:
-            from detector.slices import volume_intensity_range
-
-            lab.cache[key] = volume_intensity_range(st.paths, tuple(prep.mr_percentiles))
-        return lab.cache[key]
-
-    def score(self, patch_values: Any, lo: float, hi: float) -> Any:
-        """Mean detector score over the shifted patches ((S+4, S+4) modality units in)."""
-        torch = self.torch
-        unit = ((patch_values - lo) / (hi - lo)).clamp(0.0, 1.0)
-        s = self.size
-        batch = torch.stack([unit[2 + dy : 2 + dy + s, 2 + dx : 2 + dx + s] for dy, dx in SHIFTS])
-        p = batch[:, None].contiguous(memory_format=torch.channels_last)
-        err = ((self.det.net(p) - p) ** 2 * self.mask).sum(dim=(1, 2, 3)) / self.mask.sum()
-        if self.det.scoring.normalise:
-            vis = p[:, 0][:, self.ring.bool()]
-            err = err / (vis.var(dim=1) + self.det.scoring.eps)
-        return err.mean()
-
-
-def _target(lab: LabState, modality: str) -> _Target:
-    key = ("target", modality)
-    if key not in lab.cache:
-        lab.cache[key] = _Target(lab.target_models[modality], modality)
-    return lab.cache[key]
+__all__ = ["attack", "targets_by_modality"]
 
 
 def _spot(lab: LabState, st: StudySeries, radius_px: float):  # noqa: ANN202
@@ -139,6 +67,50 @@ def _spot(lab: LabState, st: StudySeries, radius_px: float):  # noqa: ANN202
     return None if spot is None else (k, spot[0], spot[1], "FB")
 
 
+def _descend(
+    targets: list[Target],
+    windows: list[tuple[float, float]],
+    win: np.ndarray,
+    in_disc: np.ndarray,
+    start: np.ndarray,
+    bound: float,
+) -> tuple[np.ndarray, list[float]]:
+    """PGD on the sum of the targets' relative scores; returns delta and the scores before."""
+    import torch
+
+    half = win.shape[0] // 2
+    dev = targets[0].device
+    inside = torch.from_numpy(in_disc.astype(np.float32)).to(dev)
+    base = torch.from_numpy(win.astype(np.float32)).to(dev)
+    delta = (torch.from_numpy(start).to(dev) * inside).requires_grad_(True)
+
+    def scores(values: torch.Tensor) -> list[torch.Tensor]:
+        return [t.score(values, half, lo, hi) for t, (lo, hi) in zip(targets, windows, strict=True)]
+
+    with torch.no_grad():
+        before = [float(v) for v in scores(base)]
+    for _ in range(STEPS):
+        now = scores(base + delta * inside)
+        loss = sum(v / max(b, 1e-12) for v, b in zip(now, before, strict=True))
+        (grad,) = torch.autograd.grad(loss, delta)
+        with torch.no_grad():
+            delta -= (bound / 6) * grad.sign()
+            delta.clamp_(-bound, bound)
+    return (delta * inside).detach().cpu().numpy(), before
+
+
+def _scores_of(
+    targets: list[Target], windows: list[tuple[float, float]], values: np.ndarray
+) -> list[float]:
+    import torch
+
+    half = values.shape[0] // 2
+    with torch.no_grad():
+        tensor = torch.from_numpy(values.astype(np.float32)).to(targets[0].device)
+        pairs = zip(targets, windows, strict=True)
+        return [float(t.score(tensor, half, lo, hi)) for t, (lo, hi) in pairs]
+
+
 def attack(lab: LabState, studies: list[StudySeries]) -> TamperRecord | None:
     """One PGD-perturbed disc on one slice (family B's adversarial-noise)."""
     import torch
@@ -146,8 +118,9 @@ def attack(lab: LabState, studies: list[StudySeries]) -> TamperRecord | None:
     rng = lab.rng
     for _ in range(60):
         st = studies[int(rng.integers(len(studies)))]
-        target = _target(lab, st.modality)
-        radius_px = min(float(rng.uniform(8, 16)) / st.spacing, target.size / 2 - 3)
+        targets = targets_for(lab, st.modality)
+        smallest = min(t.size for t in targets)
+        radius_px = min(float(rng.uniform(8, 16)) / st.spacing, smallest / 2 - 3)
         found = _spot(lab, st, radius_px)
         if found is None:
             continue
@@ -163,44 +136,28 @@ def attack(lab: LabState, studies: list[StudySeries]) -> TamperRecord | None:
         if step_units < 1:
             raise TamperError(f"epsilon {eps:g} is below one stored unit ({slope:g})")
         bound = step_units * slope
-        half = target.size // 2 + 2
+        half = max(t.size for t in targets) // 2 + MARGIN
         padded = np.pad(sl.values, half, mode="constant", constant_values=np.nan)
         win = padded[y : y + 2 * half, x : x + 2 * half]
-        lo, hi = target.window(st, sl.values, lab)
-        win = np.where(np.isnan(win), lo, win)
-        shape_w = win.shape
-        in_disc = disc(shape_w, half, half, radius_px)
-        seen = (win[in_disc] > lo) & (win[in_disc] < hi)
-        if seen.mean() < MIN_VISIBLE:  # the detector's window clips this spot: go elsewhere
-            continue
-        dev = target.device
-        inside = torch.from_numpy(in_disc.astype(np.float32)).to(dev)
-        base = torch.from_numpy(win.astype(np.float32)).to(dev)
-        start = rng.uniform(-bound, bound, shape_w).astype(np.float32)
-        delta = (torch.from_numpy(start).to(dev) * inside).requires_grad_(True)
+        win = np.where(np.isnan(win), float(np.min(sl.values)), win)
+        in_disc = disc(win.shape, half, half, radius_px)
+        windows = [t.window(st, lab) for t in targets]
+        if min(visible_share(win, in_disc, lo, hi) for lo, hi in windows) < MIN_VISIBLE:
+            continue  # a target's window clips this spot: go elsewhere
+        start = rng.uniform(-bound, bound, win.shape).astype(np.float32)
         threads = torch.get_num_threads()
-        if dev.type == "cpu":  # a small net: one thread beats contended OpenMP barriers
+        if targets[0].device.type == "cpu":  # small nets: one thread beats OpenMP barriers
             torch.set_num_threads(1)
         try:
-            with torch.no_grad():
-                before = float(target.score(base, lo, hi))
-            for _ in range(STEPS):
-                loss = target.score(base + delta * inside, lo, hi)
-                (grad,) = torch.autograd.grad(loss, delta)
-                with torch.no_grad():
-                    delta -= (bound / 6) * grad.sign()
-                    delta.clamp_(-bound, bound)
-            units = np.rint((delta * inside).detach().cpu().numpy() / slope)
-            units = np.clip(units, -step_units, step_units)
-            with torch.no_grad():
-                quantised = torch.from_numpy(units * slope).float().to(dev)
-                after = float(target.score(base + quantised, lo, hi))
+            delta, before = _descend(targets, windows, win, in_disc, start, bound)
+            units = np.clip(np.rint(delta / slope), -step_units, step_units)
+            after = _scores_of(targets, windows, win + units * slope)
         finally:
             torch.set_num_threads(threads)
         full = np.zeros(sl.values.shape)
         r0, c0 = y - half, x - half
         rs, cs = max(r0, 0), max(c0, 0)
-        re, ce = min(r0 + shape_w[0], full.shape[0]), min(c0 + shape_w[1], full.shape[1])
+        re, ce = min(r0 + win.shape[0], full.shape[0]), min(c0 + win.shape[1], full.shape[1])
         full[rs:re, cs:ce] = units[rs - r0 : re - r0, cs - c0 : ce - c0]
         lo_s, hi_s = stored_range(sl.ds)
         new_stored = np.clip(sl.stored.astype(np.int64) + full, lo_s, hi_s)
@@ -218,10 +175,11 @@ def attack(lab: LabState, studies: list[StudySeries]) -> TamperRecord | None:
             family="B",
             detail={
                 "method": "pgd",
-                "target_model": str(lab.target_models[st.modality]),
                 "steps": STEPS,
-                "score_before": before,
-                "score_after": after,
+                "targets": [
+                    {"kind": t.kind, "model": str(t.path), "score_before": b, "score_after": a}
+                    for t, b, a in zip(targets, before, after, strict=True)
+                ],
             },
         )
         lab.touched.add((st.name, k))

@@ -258,8 +258,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--target-model",
         action="append",
         default=None,
-        help="inpainting checkpoint that family B's white-box adversarial-noise attacks "
-        "(one per modality; required when family B includes adversarial-noise)",
+        help="inpainting or BTD checkpoint that family B's white-box adversarial-noise "
+        "attacks (repeat it: at least one per modality, several are attacked together; "
+        "required when family B includes adversarial-noise)",
     )
     t.add_argument("--seed", type=int, default=0, help="random seed for locations and textures")
     t.add_argument(
