@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from detector.btd import load_btd
 from detector.checkpoint import load_checkpoint
 from detector.preprocess import Preprocessing
 from detector.training import (
@@ -18,6 +19,7 @@ from detector.training import (
     find_dicom_slices,
     hole_pixels,
     median_spacing_mm,
+    snapshot_path,
     training_loss,
 )
 from tamperscan.cli import main
@@ -59,6 +61,8 @@ def test_time_budget_stops_cleanly_with_a_calibrated_checkpoint(
             "16",
             "--time-budget",
             str(budget_min),
+            "--snapshots",
+            "0.01,0.5",
             *TINY_BTD,
         ]
     )
@@ -71,6 +75,12 @@ def test_time_budget_stops_cleanly_with_a_calibrated_checkpoint(
     assert ckpt.calibration is not None and ckpt.calibration.size == 16
     assert 1 <= ckpt.step < 1000 * 2
     assert ckpt.training["max_seconds"] == pytest.approx(6.0)
+    # Snapshots: the weights at 0.6 s of training, uncalibrated; none for a minute never reached.
+    early = load_checkpoint(snapshot_path(model, 0.01))
+    assert early.calibration is None and early.training["snapshot_minutes"] == 0.01
+    assert early.training["snapshot_elapsed_s"] >= 0.6 and 1 <= early.step <= ckpt.step
+    assert load_btd(str(early.path), "CT", device="cpu").info["weights"] == "ema"
+    assert not snapshot_path(model, 0.5).exists()
     # The progress bar (stderr): steps, the loss and an ETA.
     assert "train btd" in captured.err and "loss=" in captured.err and "budget=" in captured.err
     assert "step/s" in captured.err or "s/step" in captured.err

@@ -28,7 +28,13 @@ from detector.training.options import (
     hole_pixels,
 )
 from detector.training.patches import PatchDataset, calibration_patches
-from detector.training.run import TrainResult, calibrate, detector_from_model, train
+from detector.training.run import (
+    TrainResult,
+    calibrate,
+    detector_from_model,
+    snapshot_path,
+    train,
+)
 
 __all__ = [
     "DEFAULT_BTD_MAX_TIMESTEP",
@@ -51,6 +57,7 @@ __all__ = [
     "fit",
     "hole_pixels",
     "infer_modality",
+    "snapshot_path",
     "median_spacing_mm",
     "read_regions_csv",
     "split_holdout",

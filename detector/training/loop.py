@@ -128,6 +128,9 @@ class _Progress:
             self.bar.total = affordable if self.planned is None else min(self.planned, affordable)
         self.bar.set_postfix(postfix, refresh=False)
 
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
     def stop_reason(self) -> StopReason | None:
         if self.max_steps is not None and self.step >= self.max_steps:
             return StopReason.MAX_STEPS
@@ -164,6 +167,7 @@ def fit(
     between_steps: Callable[[], None] | None = None,
     max_timestep: int | None = None,
     reserve_steps: float = 0.0,
+    after_step: Callable[[int, float, nn.Module, Any], None] | None = None,
 ) -> FitResult:
     """Train; returns the model, its EMA, the per-step losses and why it stopped.
 
@@ -171,6 +175,8 @@ def fit(
     ``between_steps`` runs after every optimiser step: retraining inside serve passes one that
     waits while studies are being scored, so live scoring keeps the device. ``max_seconds``
     is a budget from now; the loop stops ``reserve_steps`` mean step times before it runs out.
+    ``after_step(step, elapsed_s, model, ema)`` runs on the main process after every step
+    (snapshots of the weights along the way).
     """
     from ema_pytorch import EMA
 
@@ -205,6 +211,8 @@ def fit(
             run.stepped(result.losses[-1], f"{epoch + 1}/{epochs}")
             if between_steps is not None:
                 between_steps()
+            if after_step is not None and accelerator.is_main_process:
+                after_step(run.step, run.elapsed(), accelerator.unwrap_model(model), ema)
             if run.stop_reason() is not None:
                 break
         if on_epoch_end is not None and accelerator.is_main_process:

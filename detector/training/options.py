@@ -64,6 +64,7 @@ class TrainOptions:
     ema_decay: float = 0.995
     max_steps: int | None = None
     max_seconds: float | None = None  # wall-clock budget of training + calibration
+    snapshot_minutes: tuple[float, ...] = ()  # also save the EMA weights at these elapsed minutes
     init_from: str | None = None  # fine-tune: start from this checkpoint's weights (same size)
     device: str = "auto"
     seed: int = 0
@@ -84,6 +85,11 @@ class TrainOptions:
             raise TrainingError(f"--max-timestep must be >= 0, got {self.max_timestep}")
         if self.max_seconds is not None and self.max_seconds <= 0:
             raise TrainingError(f"the time budget must be positive, got {self.max_seconds} s")
+        if any(m <= 0 for m in self.snapshot_minutes):
+            raise TrainingError(
+                f"--snapshots must be positive minutes, got {self.snapshot_minutes}"
+            )
+        self.snapshot_minutes = tuple(sorted(set(self.snapshot_minutes)))
 
 
 def hole_pixels(opts: TrainOptions, patch: int, spacing_mm: float | None) -> int:

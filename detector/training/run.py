@@ -124,6 +124,12 @@ def _loaders(dataset: PatchDataset, opts: TrainOptions) -> Callable[[int], DataL
     return batches
 
 
+def snapshot_path(model_path: str | Path, minutes: float) -> Path:
+    """``ct-btd.ckpt`` at 4 minutes -> ``ct-btd.at-4min.ckpt`` (beside the final file)."""
+    path = Path(model_path)
+    return path.with_name(f"{path.stem}.at-{minutes:g}min{path.suffix}")
+
+
 def train(opts: TrainOptions, between_steps: Callable[[], None] | None = None) -> TrainResult:
     """Train, checkpoint every epoch, calibrate on held-out patients, write the final file.
 
@@ -156,10 +162,16 @@ def train(opts: TrainOptions, between_steps: Callable[[], None] | None = None) -
     }
     last: dict[str, Any] = {"epoch": start.epoch, "step": start.step, "opt": None}
 
-    def save(net: nn.Module, ema: Any, calibration: Calibration | None = None) -> None:
+    def save(
+        net: nn.Module,
+        ema: Any,
+        calibration: Calibration | None = None,
+        path: Path | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         opt = last["opt"]
         save_checkpoint(
-            opts.model_path,
+            path or opts.model_path,
             kind=opts.detector,
             preprocessing=prep,
             model_config=model_config,
@@ -170,12 +182,22 @@ def train(opts: TrainOptions, between_steps: Callable[[], None] | None = None) -
             step=int(last["step"]),
             epoch=int(last["epoch"]),
             calibration=calibration,
-            training=training,
+            training={**training, **(extra or {})},
         )
 
     def on_epoch_end(epoch: int, step: int, net: nn.Module, ema: Any, opt: Any) -> None:
         last.update(epoch=epoch, step=step, opt=opt)
         save(net, ema)
+
+    due = list(opts.snapshot_minutes)
+
+    def snapshot(step: int, elapsed_s: float, net: nn.Module, ema: Any) -> None:
+        """The weights as they are at each asked-for minute, uncalibrated, for AUC curves."""
+        while due and elapsed_s >= due[0] * 60:
+            minutes = due.pop(0)
+            last["step"] = step
+            extra = {"snapshot_minutes": minutes, "snapshot_elapsed_s": elapsed_s}
+            save(net, ema, path=snapshot_path(opts.model_path, minutes), extra=extra)
 
     fitted = fit(
         opts.detector,
@@ -196,6 +218,7 @@ def train(opts: TrainOptions, between_steps: Callable[[], None] | None = None) -
         between_steps=between_steps,
         max_timestep=opts.max_timestep if opts.detector == "btd" else None,
         reserve_steps=1 + opts.calibration_patches / (3 * opts.batch_size),
+        after_step=snapshot if due else None,
     )
     from accelerate.state import PartialState
 

@@ -39,6 +39,10 @@ def _minutes(value: str) -> float:
     return minutes
 
 
+def _minute_list(value: str) -> tuple[float, ...]:
+    return tuple(_minutes(v) for v in value.split(",") if v.strip())
+
+
 def _fraction(value: str) -> float:
     try:
         share = float(value)
@@ -88,6 +92,14 @@ def register(subparsers: Any) -> None:
         metavar="MIN",
         help="wall-clock minutes for training and calibration; when spent, the model is "
         "calibrated and saved as it is",
+    )
+    add(
+        "--snapshots",
+        type=_minute_list,
+        default=(),
+        metavar="MIN,MIN,...",
+        help="also save the weights (uncalibrated) at these elapsed minutes, beside the model "
+        "as NAME.at-MINmin.ckpt: for AUC-against-training-time curves",
     )
     add("--max-steps", type=positive, help="stop after this many optimiser steps")
     add("--batch-size", type=positive, default=64, help="patches per step (64)")
@@ -181,6 +193,7 @@ def _options(args: argparse.Namespace) -> Any:
         calibration_patches=args.calibration_patches,
         max_steps=args.max_steps,
         max_seconds=args.time_budget * 60 if args.time_budget else None,
+        snapshot_minutes=args.snapshots,
         device=args.device,
         seed=args.seed,
         progress=not args.quiet,
