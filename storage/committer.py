@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Generic, TypeVar
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -35,19 +35,21 @@ from storage.files import fsync_dirs, write_unsynced_name
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")  # what indexing one instance returns (instances.py: its StoreOutcome)
+
 MAX_BATCH = 64  # instances per transaction; bounds the memory a batch holds and its latency
 
 
 @dataclass
-class Pending:
+class Pending(Generic[T]):
     """One instance waiting for the committer; ``outcome`` or ``error`` is set when done."""
 
     target: Path  # absolute final path
     data: bytes
-    index: Callable[[Session], Any]  # adds the rows for this instance, returns its outcome
+    index: Callable[[Session], T]  # adds the rows for this instance, returns its outcome
     on_failure: Callable[[], None]  # undo what was written when the instance is refused
     done: threading.Event = field(default_factory=threading.Event)
-    outcome: Any = None
+    outcome: T | None = None
     error: BaseException | None = None
     written: bool = False
 
@@ -82,12 +84,14 @@ class GroupCommitter:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def submit(self, pending: Pending) -> Any:
+    def submit(self, pending: Pending[T]) -> T:
         """Queue ``pending`` and wait; returns its outcome or raises what failed it."""
         self._queue.put(pending)
         pending.done.wait()
         if pending.error is not None:
             raise pending.error
+        if pending.outcome is None:
+            raise RuntimeError("group commit ended without an outcome or an error")
         return pending.outcome
 
     def _run(self) -> None:
