@@ -24,7 +24,8 @@ from storage.db import Database
 from storage.files import write_atomically
 
 if TYPE_CHECKING:
-    from scp.report import RegionInput, ReportFile, ReportInput
+    from scp.report import ReportFile
+    from scp.report_input import RegionInput, ReportInput
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,8 @@ def ensure_key_images(
     data: ReportInput | None,
 ) -> list[ReportFile]:
     """Key image files of the verdict's flagged regions, built once and kept."""
-    from scp.report import ReportFile, load_input, report_path
+    from scp.report import ReportFile
+    from scp.report_input import load_input, report_path
 
     reports_root = data_dir / "reports"
     if data is None:

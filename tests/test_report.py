@@ -15,7 +15,8 @@ from pydicom.uid import generate_uid
 
 from scp import codes
 from scp.dispatch import ensure_report
-from scp.report import ModelId, device_uid, load_input
+from scp.report import device_uid
+from scp.report_input import ModelId, load_input
 from scp.settings import ReportSettings
 from scp.validate import inspect_dataset
 from storage.db import Database
@@ -333,7 +334,7 @@ def test_not_scored_report_says_why_and_rescoring_supersedes(db: Database, tmp_p
 
 
 def test_region_on_an_instance_outside_the_study_is_an_error(db: Database, tmp_path: Path) -> None:
-    from scp.report import ReportError
+    from scp.report_input import ReportError
 
     data_dir = tmp_path / "data"
     datasets = store_study(db, data_dir, count=1)
