@@ -5,7 +5,9 @@ N uncompressed 512x512 CT instances are sent with DCMTK ``storescu`` over loopba
 each), to:
 
 - ``tamperscan serve``: validates, writes durably (fdatasync, folder fsync), indexes in
-  SQLite (WAL, synchronous=FULL) through the group committer, then acknowledges;
+  SQLite (WAL, synchronous=FULL) through the group committer, then acknowledges; once with
+  the receiver inside serve, once with ``[scp] receivers`` = the number of cores (receiver
+  processes sharing the port);
 - Orthanc (if installed): its defaults, files synced and a SQLite index;
 - DCMTK ``storescp`` writing to disk (no fsync, no index);
 - a bare pynetdicom SCP that only writes each dataset to disk (the floor for a pynetdicom
@@ -30,6 +32,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -114,11 +118,12 @@ def split(files: list[Path], folder: Path, parts: int) -> list[Path]:
     return folders
 
 
-def start_serve(work: Path) -> tuple[subprocess.Popen, int]:
+def start_serve(work: Path, receivers: int = 1) -> tuple[subprocess.Popen, int]:
     port = free_port()
     config = work / "config.toml"
     config.write_text(
-        f'[scp]\nport = {port}\n[storage]\ndata_dir = "{work / "data"}"\nmin_free_mb = 0\n'
+        f"[scp]\nport = {port}\nreceivers = {receivers}\n"
+        f'[storage]\ndata_dir = "{work / "data"}"\nmin_free_mb = 0\n'
         '[logging]\nlevel = "WARNING"\n'
     )
     process = subprocess.Popen(
@@ -214,7 +219,11 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, dict[int, list[fl
     size_mb = sum(p.stat().st_size for p in paths) / 1e6
     print(f"{args.count} CT instances, 512x512 uncompressed, {size_mb:.0f} MB per round")
     folders = {n: split(paths, root / f"split-{n}", n) for n in CONCURRENCY}
-    receivers = {"tamperscan": start_serve}
+    receivers: dict[str, Callable[[Path], tuple[subprocess.Popen, int]]] = {
+        "tamperscan": start_serve,
+        # [scp] receivers = one per core: processes sharing the port (SO_REUSEPORT)
+        f"tamperscan x{os.cpu_count()}": partial(start_serve, receivers=os.cpu_count() or 1),
+    }
     if shutil.which("Orthanc"):
         receivers["orthanc"] = start_orthanc
     else:
@@ -252,6 +261,7 @@ def report(count: int, timings: dict[str, dict[int, list[float]]]) -> None:
             cells.append(f"{by_n[n]:.0f} ({spread})")
         print(f"| {name} | {' | '.join(cells)} |")
     ours = rates["tamperscan"]
+    pool = rates[f"tamperscan x{os.cpu_count()}"]
     print(f"\non {os.cpu_count()} cores, median of the rounds (each round in brackets)")
     print(
         f"1 assoc.: tamperscan/bare pynetdicom = {ours[1] / rates['pynetdicom'][1]:.2f}"
@@ -261,6 +271,10 @@ def report(count: int, timings: dict[str, dict[int, list[float]]]) -> None:
         for n in CONCURRENCY:
             target = " (target >= 1.0)" if n == 4 else ""
             print(f"{n} assoc.: tamperscan/Orthanc = {ours[n] / rates['orthanc'][n]:.2f}{target}")
+            print(
+                f"{n} assoc.: tamperscan x{os.cpu_count()}/Orthanc = "
+                f"{pool[n] / rates['orthanc'][n]:.2f}{target}"
+            )
     for n in CONCURRENCY:
         print(f"{n} assoc.: tamperscan/storescp = {ours[n] / rates['storescp'][n]:.2f}")
 

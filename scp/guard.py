@@ -213,12 +213,28 @@ class GuardedServer(ThreadedAssociationServer):
 
     request_queue_size = 128  # listen backlog: a burst of connects is accepted, then sorted
 
-    def __init__(self, *args: Any, limits: GuardLimits, hooks: GuardHooks, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        limits: GuardLimits,
+        hooks: GuardHooks,
+        reuse_port: bool = False,
+        **kwargs: Any,
+    ) -> None:
         self.limits = limits
         self.hooks = hooks
         self.table = _ConnectionTable(limits)
         self._closing = False
+        self.reuse_port = reuse_port
         super().__init__(*args, **kwargs)
+
+    def server_bind(self) -> None:
+        # Several receiver processes listen on one port (SO_REUSEPORT): the kernel spreads
+        # new connections over them. pynetdicom's server_bind does not call socketserver's.
+        if self.reuse_port:
+            assert self.socket is not None
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
 
     def get_request(self) -> tuple[socket.socket, Any]:
         # pynetdicom wraps TLS here, on the accepting thread, with no timeout: a silent client

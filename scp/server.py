@@ -75,10 +75,21 @@ class _SupportedContexts(list[PresentationContext]):
 
 
 class StorageSCP:
-    def __init__(self, settings: ScpSettings, db: Database, store: InstanceStore) -> None:
+    def __init__(
+        self,
+        settings: ScpSettings,
+        db: Database,
+        store: InstanceStore,
+        reuse_port: bool = False,
+        close_stale_on_start: bool = True,
+    ) -> None:
+        """``reuse_port``: one of several receiver processes on the port; the process that
+        starts them closes the previous run's associations (``close_stale_on_start``)."""
         self.settings = settings
         self.db = db
         self.store = store
+        self.reuse_port = reuse_port
+        self.close_stale_on_start = close_stale_on_start
         self._sessions: dict[int, Session] = {}
         self._requested: set[int] = set()  # associations our EVT_REQUESTED handler saw
         self._lock = threading.Lock()
@@ -115,7 +126,7 @@ class StorageSCP:
         return close_stale(self.db)
 
     def start(self) -> None:
-        stale = self.close_stale_associations()
+        stale = self.close_stale_associations() if self.close_stale_on_start else 0
         if stale:
             log.warning("associations of a previous run marked aborted", extra={"count": stale})
         # Private and newer storage SOP classes a PACS forwards are accepted too; the C-STORE
@@ -150,6 +161,7 @@ class StorageSCP:
             server_class=GuardedServer,
             limits=limits,
             hooks=self,
+            reuse_port=self.reuse_port,
         )
         self._server.contexts = _SupportedContexts(self._server.contexts)
         # Accepted sockets inherit this on Linux: each small C-STORE response goes out at

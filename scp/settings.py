@@ -47,6 +47,12 @@ class ScpSettings(BaseModel):
         default_factory=lambda: ["127.0.0.1/32", "::1/128"],
         description="Peer addresses or networks (CIDR) accepted; empty accepts any.",
     )
+    receivers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Receiver processes sharing the port (SO_REUSEPORT); 1 receives in serve.",
+    )
     max_associations: int = Field(
         10, ge=1, le=1000, description="Associations served at once (connections that sent one)."
     )

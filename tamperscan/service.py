@@ -1,5 +1,8 @@
 """``tamperscan serve``: the SCP, study assembly and scoring workers in one process.
 
+(With ``[scp] receivers`` above 1 the DICOM receiver runs in that many processes of its own
+on the same port, :mod:`tamperscan.receivers`; STOW-RS stays in this one.)
+
 Start order follows the data: database (migrated), leftovers of a crash cleaned, then the
 consumers (assembler, workers, report dispatcher), then the inputs that feed them (the SCP,
 then the HTTP server with STOW-RS). Stop order is the reverse: stop accepting (HTTP first,
@@ -30,6 +33,7 @@ from storage.jobs import release_dead_leases
 from storage.models import utcnow
 from storage.registry import fail_dead_runs
 from tamperscan.config import Settings
+from tamperscan.receivers import ReceiverPool
 from tamperscan.scheduler import RetrainScheduler
 from tamperscan.stages import Stages, run_until_signalled, start_delivery, start_scoring
 
@@ -42,7 +46,13 @@ class Service:
         self.db = Database(settings.storage.resolved_database_url())
         self.store = InstanceStore(self.db, settings.storage.data_dir, settings.storage.min_free_mb)
         set_default_relax(settings.validation.relax)  # C-STORE and STOW-RS alike
-        self.scp = StorageSCP(settings.scp, self.db, self.store)
+        # One receiver inside this process, or several receiver processes on the port.
+        self.scp: StorageSCP | None = None
+        self.receivers: ReceiverPool | None = None
+        if settings.scp.receivers > 1:
+            self.receivers = ReceiverPool(settings, self.db, settings.scp.receivers)
+        else:
+            self.scp = StorageSCP(settings.scp, self.db, self.store)
         routers = []
         if settings.dicomweb.enabled:
             routers.append(StowService(self.db, self.store, settings.dicomweb).router())
@@ -103,12 +113,29 @@ class Service:
         # process: keep it out of the collector, so a full collection (pynetdicom forces one
         # every 60 accept-loop turns) takes milliseconds instead of stalling every association.
         gc.freeze()
-        self.scp.start()
+        if self.receivers is not None:
+            self.receivers.start()
+        else:
+            assert self.scp is not None
+            self.scp.start()
         self.http.start()
 
+    @property
+    def dicom_port(self) -> int:
+        """The port the DICOM receiver(s) listen on (resolved when configured as 0)."""
+        if self.receivers is not None:
+            return self.receivers.port
+        assert self.scp is not None
+        return self.scp.port
+
     def _scp_ready(self) -> tuple[bool, str]:
+        if self.receivers is not None:
+            alive, count = self.receivers.alive(), self.receivers.count
+            if alive < count:
+                return False, f"{alive} of {count} receiver processes listening"
+            return True, f"{count} receiver processes listening on port {self.receivers.port}"
         try:
-            return True, f"listening on port {self.scp.port}"
+            return True, f"listening on port {self.dicom_port}"
         except (AssertionError, OSError):
             return False, "DICOM listener not started"
 
@@ -146,7 +173,10 @@ class Service:
     def stop(self) -> None:
         log.info("shutting down")
         self.http.stop()
-        self.scp.stop()
+        if self.receivers is not None:
+            self.receivers.stop()
+        elif self.scp is not None:
+            self.scp.stop()
         self.store.stop_group_commit()  # after the inputs: what they queued is committed
         self.stages.stop_event.set()  # a running retraining stops at its next step, as failed
         if self.scheduler is not None:
