@@ -20,6 +20,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from storage.append import AppendTarget, append_instance, append_target
 from storage.audit import audit
 from storage.committer import GroupCommitter, Pending
 from storage.db import Database
@@ -125,12 +126,20 @@ class InstanceStore:
     def store(self, data: bytes, meta: InstanceMeta, origin: Origin) -> StoreOutcome:
         """Write ``data`` (a complete DICOM file) durably and index it; raises on failure."""
         sha = content_hash(data)
+        target: AppendTarget | None = None
         with self.db.reading() as session:
-            known = session.execute(
-                select(Instance.id, Instance.study_id, Instance.sha256, Instance.file_path).where(
-                    Instance.sop_instance_uid == meta.sop_instance_uid
+            rows = Instance.__table__.c  # Core: no ORM layer on the hot path
+            known = (
+                session.connection()
+                .execute(
+                    select(rows.id, rows.study_id, rows.sha256, rows.file_path).where(
+                        rows.sop_instance_uid == meta.sop_instance_uid
+                    )
                 )
-            ).one_or_none()
+                .one_or_none()
+            )
+            if known is None:
+                target = append_target(session, meta)
         if known is not None and known.sha256 == sha and (self.root / known.file_path).exists():
             return StoreOutcome(StoreResult.DUPLICATE, known.id, known.study_id)
         free = self.free_bytes()
@@ -147,7 +156,17 @@ class InstanceStore:
             if known is None or known.sha256 != sha:
                 (self.root / relpath).unlink(missing_ok=True)
 
+        fast = [target]  # taken once: a retry (e.g. after a unique-key race) goes the full way
+
         def index(session: Session) -> StoreOutcome:
+            append, fast[0] = fast[0], None
+            if append is not None:
+                now = self.clock()
+                new_id = append_instance(
+                    session, append, meta, origin, relpath, sha, len(data), now
+                )
+                if new_id is not None:
+                    return StoreOutcome(StoreResult.STORED, new_id, append.study_id)
             return self._index(session, meta, origin, relpath, sha, len(data))
 
         committer = self.committer
