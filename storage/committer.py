@@ -1,10 +1,11 @@
-"""Group commit: many receiving threads, one writer, one transaction per batch.
+"""Group commit: many receiving threads, one writer at a time, one transaction per batch.
 
 pynetdicom runs one thread per association, and each C-STORE must be durable and indexed
 before it is acknowledged. Done one by one, every instance pays its own folder fsync and its
 own SQLite commit (a WAL fsync under ``synchronous=FULL``) while holding the only write lock.
-Here the handlers queue their instance and wait; one committer thread takes everything
-queued, and per batch:
+Here the handlers queue their instance; the first of them commits everything queued as one
+batch while the others wait, then hands the lead to the next waiting handler (leader and
+followers: no thread of its own, so a lone association pays no hand-over). Per batch:
 
 1. writes each file to a temporary name, ``fdatasync``s it and renames it into place
    (a write that fails fails only that instance);
@@ -20,7 +21,6 @@ the instances that really fail are refused.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,6 +52,7 @@ class Pending(Generic[T]):
     outcome: T | None = None
     error: BaseException | None = None
     written: bool = False
+    lead: bool = False  # woken to commit the next batch, not because it is done
 
     def fail(self, error: BaseException) -> None:
         self.error = error
@@ -59,34 +60,54 @@ class Pending(Generic[T]):
 
 
 class GroupCommitter:
-    """The single writer thread; ``submit`` blocks until the instance is durable or refused."""
+    """Group commit without a writer thread of its own: the first waiting handler leads.
+
+    A handler that submits while no batch is being committed commits at once, in its own
+    thread (a lone association pays no hand-over to another thread). Handlers that submit
+    meanwhile wait; when the leader's batch is done it passes the lead to the first of them,
+    who commits everything that queued up as the next batch (``max_batch`` at most).
+    ``submit`` blocks until the instance is durable or refused.
+    """
 
     def __init__(self, db: Database, max_batch: int = MAX_BATCH) -> None:
         self.db = db
         self.max_batch = max_batch
-        self._queue: queue.SimpleQueue[Pending | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._waiting: list[Pending] = []
+        self._leading = False  # a batch is being committed
+        self._idle = threading.Condition(self._lock)
+        self._enabled = False
         self.batches = 0  # how many transactions were committed (tests and metrics)
 
     def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
-            self._thread.start()
+        self._enabled = True
 
     def stop(self) -> None:
-        """Finish what is queued, then end the thread."""
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join(timeout=60)
-            self._thread = None
+        """Refuse new work (callers write by themselves again); let queued batches finish."""
+        with self._idle:
+            self._enabled = False
+            self._idle.wait_for(lambda: not self._leading and not self._waiting, timeout=60)
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._enabled
 
     def submit(self, pending: Pending[T]) -> T:
-        """Queue ``pending`` and wait; returns its outcome or raises what failed it."""
-        self._queue.put(pending)
+        """Commit ``pending`` (leading a batch, or in one another handler leads); returns its
+        outcome or raises what failed it."""
+        with self._lock:
+            self._waiting.append(pending)
+            lead = not self._leading
+            if lead:
+                self._leading = True
+        if not lead:
+            pending.done.wait()
+            if pending.lead:  # woken by the previous leader: this handler commits next
+                pending.lead = False
+                pending.done.clear()
+                self._lead()  # its own instance is first in the batch
+        else:
+            self._lead()
         pending.done.wait()
         if pending.error is not None:
             raise pending.error
@@ -94,34 +115,29 @@ class GroupCommitter:
             raise RuntimeError("group commit ended without an outcome or an error")
         return pending.outcome
 
-    def _run(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            stop = False
-            while len(batch) < self.max_batch:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stop = True
-                    break
-                batch.append(item)
-            try:
-                self.commit(batch)
-            except BaseException as exc:  # never leave a handler waiting forever
-                log.exception("group commit failed")
-                for pending in batch:
-                    if not pending.done.is_set():
-                        pending.fail(exc)
-            if stop:
-                return
+    def _lead(self) -> None:
+        """Commit one batch of what is waiting, then pass the lead on (or give it up)."""
+        with self._lock:
+            batch = self._waiting[: self.max_batch]
+            del self._waiting[: self.max_batch]
+        try:
+            self.commit(batch)
+        except BaseException as exc:  # never leave a handler waiting forever
+            log.exception("group commit failed")
+            for pending in batch:
+                if not pending.done.is_set():
+                    pending.fail(exc)
+        with self._idle:
+            if self._waiting:
+                successor = self._waiting[0]
+                successor.lead = True
+                successor.done.set()  # wakes it to lead; it waits again for its outcome
+            else:
+                self._leading = False
+                self._idle.notify_all()
 
     def commit(self, batch: list[Pending]) -> None:
-        """Write, sync, index and release one batch (runs in the committer thread)."""
+        """Write, sync, index and release one batch (runs in the leading handler's thread)."""
         for pending in batch:
             try:
                 write_unsynced_name(pending.target, pending.data)
