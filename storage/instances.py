@@ -112,7 +112,7 @@ class InstanceStore:
         return shutil.disk_usage(probe).free
 
     def start_group_commit(self) -> None:
-        """From now on ``store`` hands its writes to one committer thread (group commit)."""
+        """From now on ``store`` commits through the group committer (shared batches)."""
         if self.committer is None:
             self.committer = GroupCommitter(self.db)
             self.committer.start()
