@@ -50,7 +50,7 @@ class ExactRepeatCheck:
         self._series: tuple[object, ...] = ()
         self._index = np.empty(0, dtype=np.uint64)
         self._owner = np.empty(0, dtype=np.int64)  # slice * (rows * cols) + flat position
-        self._keys: PixelCache[tuple[np.ndarray, np.ndarray]] = PixelCache(8)
+        self._keys: PixelCache[np.ndarray] = PixelCache(8)
         self._slice_of: dict[object, int] = {}
         self._building: tuple[list[np.ndarray], list[np.ndarray]] | None = None
         self._shift = np.uint64(48)
@@ -65,25 +65,33 @@ class ExactRepeatCheck:
 
     def _dense(self, image: SliceImage) -> tuple[np.ndarray, np.ndarray]:
         """(key map uint64, textured-and-in-tissue map) of one slice, cached."""
-        return self._keys.get(image.pixels, lambda: self._compute_keys(image))
+        keys = self._keys.get(image.pixels, lambda: self._compute_keys(image))
+        return keys, image.derived(f"exact-repeat:ok:{self.block}", lambda: self._textured(image))
 
-    def _compute_keys(self, image: SliceImage) -> tuple[np.ndarray, np.ndarray]:
+    def _compute_keys(self, image: SliceImage) -> np.ndarray:
         px = image.pixels.astype(np.float64)
-        b, origin = self.block, -(self.block // 2)
+        origin = -(self.block // 2)
         parts = []
         for u, v in ((0, 1), (2, 3)):
             rows = ndimage.correlate1d(px, self.vectors[u], axis=0, mode="constant", origin=origin)
             parts.append(
                 ndimage.correlate1d(rows, self.vectors[v], axis=1, mode="constant", origin=origin)
             )
-        keys = parts[0].view(np.uint64) ^ (parts[1].view(np.uint64) * _MIX)
+        return parts[0].view(np.uint64) ^ (parts[1].view(np.uint64) * _MIX)
+
+    def _textured(self, image: SliceImage) -> np.ndarray:
+        """Block origins whose block is textured and near tissue (kept with the slice, so the
+        scan's second read of it gets this from the index pass)."""
+        px = image.pixels.astype(np.float64)
+        b, origin = self.block, -(self.block // 2)
         mean = ndimage.uniform_filter(px, b, origin=origin)
         var = ndimage.uniform_filter(px**2, b, origin=origin) - mean**2
         ok = var > 4.0
         ok[px.shape[0] - b + 1 :, :] = False
         ok[:, px.shape[1] - b + 1 :] = False
         ok &= tissue_reach(image, b)
-        return keys, ok
+        ok.flags.writeable = False
+        return ok
 
     def prepare(self, series: Sequence[SliceImage]) -> None:
         """Index every textured block of the series on a 2-pixel grid (once per series)."""

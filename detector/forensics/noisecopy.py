@@ -45,14 +45,8 @@ from scipy import ndimage
 
 from detector.calibration import AnalyticNull
 from detector.forensics.base import HEATMAP_HALF, PixelCache, paste, slice_id
-from detector.forensics.signwords import (
-    dense_words,
-    gather,
-    gather_lut,
-    popcount,
-    transitions,
-    words_at,
-)
+from detector.forensics.lsh import VARIANTS, SignWordTables
+from detector.forensics.signwords import dense_words, transitions, words_at
 from detector.interface import EvidenceKind, Location, RegionScore, SliceImage
 from detector.proposals import body_mask
 
@@ -66,12 +60,7 @@ ANATOMY_NCC = 0.5  # the same place on a neighbouring slice: independent noise g
 MAX_DONORS = 2
 BUCKET_CAP = 32  # a copy has one source; a word found in many places is structure
 QUERY_CHUNK = 2048  # query words looked up at once (bounds the candidate arrays to ~100 MB)
-_TRANSFORMS = [(k, flip) for flip in (False, True) for k in range(4)]  # the dihedral group
 _transitions = transitions  # the name tests and older callers use
-
-
-def _transform(a: np.ndarray, k: int, flip: bool) -> np.ndarray:
-    return np.rot90(a.T if flip else a, k)
 
 
 class NoiseCopyCheck:
@@ -96,36 +85,20 @@ class NoiseCopyCheck:
     ) -> None:
         if side * side != 64:
             raise ValueError("noise-copy words are 64 bits: side must be 8")
-        if not 1 <= bits <= 32:
-            raise ValueError("LSH keys are 1 to 32 bits")
         rng = np.random.default_rng(seed)
         self.side, self.index_budget = side, index_budget
         self.max_distance, self.min_offset_px, self.reach_px = max_distance, min_offset_px, reach_px
         self.subsets = [np.sort(rng.choice(64, bits, replace=False)) for _ in range(tables)]
-        self.key_mask = np.uint64((1 << bits) - 1)
-        # Per flip/turn o: bit b of the turned block's word is bit ``turns[o, b]`` of the
-        # block's, and the turned word's key in table t gathers bits ``turns[o][subset t]``.
-        base = np.arange(64).reshape(8, 8)
-        self._turns = np.stack([_transform(base, k, flip).ravel() for k, flip in _TRANSFORMS])
-        self._turn_luts = np.stack([gather_lut(turn) for turn in self._turns])  # (8, 8, 256)
-        self._key_luts = np.stack(  # (8 turns, tables, 8, 256); keys fit in 32 bits
-            [[gather_lut(turn[sub]) for sub in self.subsets] for turn in self._turns]
-        ).astype(np.uint32)
-        self._plain_key_luts = np.stack([gather_lut(sub) for sub in self.subsets])
+        self._tables = SignWordTables(self.subsets, BUCKET_CAP)
         self._found: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self.info: dict[str, object] = {"kind": self.kind.value}
         self._series: tuple[object, ...] = ()
         self._residuals: list[np.ndarray] = []
         self._slice_of: dict[object, int] = {}
-        self._words = np.empty(0, dtype=np.uint64)
         self._owner = np.empty((0, 3), dtype=np.int32)  # slice, row, col of the block origin
-        # The tables, laid end to end: table t's bucket of key q is
-        # order[starts[t * (keys + 2) + q] : starts[t * (keys + 2) + q + 1]].
-        self._starts = np.zeros(0, dtype=np.int32)
-        self._order = np.zeros(0, dtype=np.int32)
         self._building: tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]] | None = None
         self._step = 1
-        self._cache: PixelCache[tuple[np.ndarray, np.ndarray]] = PixelCache(8)
+        self._cache: PixelCache[np.ndarray] = PixelCache(8)
 
     @classmethod
     def create(cls, model_path: object = None, modality: str | None = None) -> NoiseCopyCheck:
@@ -134,23 +107,44 @@ class NoiseCopyCheck:
 
     # -- words ----------------------------------------------------------------------------
 
-    def _residual(self, image: SliceImage) -> tuple[np.ndarray, np.ndarray]:
-        """(residual, mask of noise-dominated block *centres*) of a slice, cached."""
-        return self._cache.get(image.pixels, lambda: self._compute_residual(image))
+    def _residual(self, image: SliceImage) -> np.ndarray:
+        """The slice's fine-scale residual (float64), cached."""
+        return self._cache.get(image.pixels, lambda: _high_pass(image.pixels))
 
-    def _compute_residual(self, image: SliceImage) -> tuple[np.ndarray, np.ndarray]:
-        px = image.pixels.astype(np.float64)
-        smooth = ndimage.gaussian_filter(px, HIGH_PASS_SIGMA)
-        resid = px - smooth
+    def _noisy(self, image: SliceImage) -> np.ndarray:
+        """Mask of noise-dominated block *centres*: kept with the slice, so the scan's second
+        read of it gets this from the index pass."""
+        return image.derived("noise-copy:noisy", lambda: self._compute_noisy(image))
+
+    def _compute_noisy(self, image: SliceImage) -> np.ndarray:
+        resid = self._residual(image)
         s, h = self.side, self.side // 2
         energy = np.sqrt(ndimage.uniform_filter(resid**2, s))
         # Blocks with noise in them (not clamped air or padding) inside the body; whether a
         # block is noise or structure is settled later, by its values and by its neighbours.
         core = image.derived("body_core:2", lambda: _frozen(body_mask(image), 2))
         ok = (energy > MIN_RESIDUAL) & core
-        ok[:h, :] = ok[px.shape[0] - h + 1 :, :] = False
-        ok[:, :h] = ok[:, px.shape[1] - h + 1 :] = False
-        return resid, ok
+        ok[:h, :] = ok[resid.shape[0] - h + 1 :, :] = False
+        ok[:, :h] = ok[:, resid.shape[1] - h + 1 :] = False
+        ok.flags.writeable = False
+        return ok
+
+    def _residual_near(
+        self, image: SliceImage, windows: Sequence[tuple[int, int, int, int]]
+    ) -> np.ndarray:
+        """The residual under the blocks of ``windows`` (zero elsewhere), filtered window by
+        window: with the filter's radius as margin (or the image's own edge) every value is
+        the one the whole slice gives, at a fraction of the cost."""
+        px = image.pixels
+        rows, cols = px.shape
+        out = np.zeros(px.shape)
+        m = int(4.0 * HIGH_PASS_SIGMA + 0.5)  # gaussian_filter's radius (truncate = 4)
+        for y0, y1, x0, x1 in windows:
+            r1, c1 = y1 - 1 + self.side, x1 - 1 + self.side  # past the last covered pixel
+            top, left = max(0, y0 - m), max(0, x0 - m)
+            local = _high_pass(px[top : min(rows, r1 + m), left : min(cols, c1 + m)])
+            out[y0:r1, x0:c1] = local[y0 - top : r1 - top, x0 - left : c1 - left]
+        return out
 
     # -- the series index -----------------------------------------------------------------
 
@@ -181,7 +175,7 @@ class NoiseCopyCheck:
         assert self._building is not None, "start_index first"
         words, owners, kept = self._building
         st, h = self._step, self.side // 2
-        resid, ok = self._residual(image)
+        resid, ok = self._residual(image), self._noisy(image)
         kept.append(resid.astype(np.float16))  # donors are verified on these values
         w = dense_words(resid, st)
         sel = ok[h::st, h::st][: w.shape[0], : w.shape[1]]
@@ -198,75 +192,35 @@ class NoiseCopyCheck:
         self._building = None
         self._residuals = kept
         self._found = {}
-        self._words = np.concatenate(words) if words else np.empty(0, dtype=np.uint64)
         self._owner = (
             np.concatenate(owners).astype(np.int32) if owners else np.empty((0, 3), np.int32)
         )
-        n, tables = self._words.size, len(self.subsets)
-        if tables * n >= 2**31:
-            raise ValueError("noise-copy index too large; lower index_budget")
-        starts, orders = [], []
-        for t in range(tables):
-            keys = gather(self._plain_key_luts[t], self._words).astype(np.int64)
-            orders.append(_stable_order(keys).astype(np.int32))
-            # Bucket starts for every possible key: a lookup is two gathers, not a search.
-            count = np.bincount(keys, minlength=int(self.key_mask) + 1)
-            starts.append(np.concatenate([[0], np.cumsum(count)]) + t * n)
-        self._starts = np.concatenate(starts).astype(np.int32) if starts else self._starts
-        self._order = np.concatenate(orders) if orders else self._order
+        self._tables.build(np.concatenate(words) if words else np.empty(0, dtype=np.uint64))
 
     # -- scoring --------------------------------------------------------------------------
 
-    def _pairs(self, words: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(variant, query, donor) of indexed words within ``max_distance`` bits of a query
-        word under one of the 16 variants ``2 o + negate`` (turn/flip ``o``, sign-inverted
-        when ``negate``), each triple once, sorted.
-
-        A bucket holding more than :data:`BUCKET_CAP` words is a pattern that recurs by nature
-        (structure, not noise) and is skipped, which also bounds the work per query.
-        """
-        n, tables = words.size, len(self.subsets)
-        keys = gather(self._key_luts, words).astype(np.int64)  # (8, tables, n)
-        keys = np.stack([keys, keys ^ int(self.key_mask)], axis=1).reshape(16, tables, n)
-        turned = gather(self._turn_luts, words)  # (8, n)
-        turned = np.stack([turned, ~turned], axis=1).reshape(16, n)
-        keys += (np.arange(tables, dtype=np.int64) * (int(self.key_mask) + 2))[None, :, None]
-        flat = keys.ravel()
-        lo = self._starts[flat].astype(np.int64)
-        count = self._starts[flat + 1] - lo
-        take = np.flatnonzero((count > 0) & (count <= BUCKET_CAP))
-        if take.size == 0:
-            return (np.empty(0, np.int64),) * 3  # type: ignore[return-value]
-        counts = count[take]
-        which = np.repeat(take, counts)
-        offset = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-        cand = self._order[np.repeat(lo[take], counts) + offset].astype(np.int64)
-        variant, query = which // (tables * n), which % n
-        near = popcount(self._words[cand] ^ turned[variant, query]) <= self.max_distance
-        triple = np.unique((variant[near] * n + query[near]) * self._words.size + cand[near])
-        vq, donor = np.divmod(triple, self._words.size)
-        return vq // n, vq % n, donor
-
-    def _slice_hits(self, image: SliceImage, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    def _slice_hits(
+        self, image: SliceImage, resid: np.ndarray, ys: np.ndarray, xs: np.ndarray
+    ) -> np.ndarray:
         """Which of the block origins (ys, xs) of a slice hold noise copied from elsewhere.
 
         A block is a copy when, under some variant, it has at most :data:`MAX_DONORS` donors
         and one of them lies far from it in the plane, correlates with it on the residual
         values, and is not repeated by its own neighbouring slices (:meth:`_confirmed`).
         """
-        resid, ok = self._residual(image)
+        ok = self._noisy(image)
         h, s = self.side // 2, self.side
         hit = np.zeros(ys.size, dtype=bool)
         words = words_at(resid, ys, xs)
         usable = np.flatnonzero(ok[ys + h, xs + h] & (transitions(words) >= MIN_TRANSITIONS))
-        if self._words.size == 0 or usable.size == 0:
+        if self._tables.words.size == 0 or usable.size == 0:
             return hit
         blocks = sliding_window_view(resid, (s, s))
         for chunk in np.array_split(usable, -(-usable.size // QUERY_CHUNK)):
             qy, qx = ys[chunk], xs[chunk]
-            variant, query, donor = self._pairs(words[chunk])
+            variant, query, donor = self._tables.pairs(words[chunk], self.max_distance)
             slot = variant * chunk.size + query
-            per_slot = np.bincount(slot, minlength=16 * chunk.size)
+            per_slot = np.bincount(slot, minlength=VARIANTS * chunk.size)
             owner = self._owner[donor]
             far = np.hypot(owner[:, 1] - qy[query], owner[:, 2] - qx[query]) >= (
                 self.reach_px + self.min_offset_px
@@ -276,7 +230,7 @@ class NoiseCopyCheck:
                 continue
             q, v = query[pick], variant[pick]
             flat = blocks[qy[q], qx[q]].reshape(-1, s * s)
-            turned = np.take_along_axis(flat, self._turns[v // 2], axis=1)
+            turned = np.take_along_axis(flat, self._tables.turns[v // 2], axis=1)
             turned = np.where((v % 2 == 1)[:, None], -turned, turned)
             good = self._confirmed(turned, owner[pick])
             hit[chunk[np.unique(q[good])]] = True
@@ -299,7 +253,9 @@ class NoiseCopyCheck:
         good[sel] = beside < ANATOMY_NCC
         return good
 
-    def _ncc(self, blocks: np.ndarray, slices: np.ndarray, rows: np.ndarray, cols: np.ndarray):
+    def _ncc(
+        self, blocks: np.ndarray, slices: np.ndarray, rows: np.ndarray, cols: np.ndarray
+    ) -> np.ndarray:
         """Correlation of each flattened block with the residual at (slice, row, col); 0 where
         there is no such block or either is constant."""
         out = np.zeros(len(blocks))
@@ -346,7 +302,7 @@ class NoiseCopyCheck:
         todo &= ~done
         if todo.any():
             ys, xs = np.nonzero(todo)
-            found[ys, xs] = self._slice_hits(image, ys, xs)
+            found[ys, xs] = self._slice_hits(image, self._residual_near(image, windows), ys, xs)
             done[ys, xs] = True
 
     def score(self, locations: Sequence[Location]) -> list[RegionScore]:
@@ -393,10 +349,10 @@ class NoiseCopyCheck:
         return AnalyticNull(threshold=MIN_HITS, p_at_or_above=COPY_P)
 
 
-def _stable_order(keys: np.ndarray) -> np.ndarray:
-    """``np.argsort(keys, kind="stable")`` for keys below 2^32, as two 16-bit radix passes."""
-    low = np.argsort((keys & 0xFFFF).astype(np.uint16), kind="stable")
-    return low[np.argsort((keys[low] >> 16).astype(np.uint16), kind="stable")]
+def _high_pass(pixels: np.ndarray) -> np.ndarray:
+    """``pixels - gaussian(pixels, HIGH_PASS_SIGMA)``: the scales where noise dominates."""
+    px = pixels.astype(np.float64)
+    return px - ndimage.gaussian_filter(px, HIGH_PASS_SIGMA)
 
 
 def _frozen(mask: np.ndarray, erode: int) -> np.ndarray:
