@@ -46,6 +46,10 @@ class SliceImage:
             self._derived[key] = make()
         return self._derived[key]  # type: ignore[no-any-return]
 
+    def forget_derived(self) -> None:
+        """Drop what was derived (it is recomputed if asked for again)."""
+        self._derived.clear()
+
     def derived_masks(self) -> dict[str, np.ndarray]:
         """The boolean masks derived so far, to hand to another read of the same file."""
         return {

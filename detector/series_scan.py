@@ -20,6 +20,7 @@ No database access here: the scorer hands in the files and records what comes ou
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,9 +120,9 @@ class SeriesScan:
         # conservative for the second and later peaks of a slice).
         self.peak_null: dict[str, list[float]] = {}
         self._images: dict[int, SliceImage | None] = {}
-        # Masks the index pass made (body, lungs, ...), bit-packed until the scan reads the
-        # slice again: recomputing them was a tenth of the cost of a large series.
-        self._masks: dict[int, dict[str, tuple[tuple[int, ...], np.ndarray]]] = {}
+        # Masks the index pass made (body, lungs, ...), bit-packed and deflated (~8 kB a slice)
+        # until the scan reads the slice again: recomputing them cost a tenth of a large series.
+        self._masks: dict[int, dict[str, tuple[tuple[int, ...], bytes]]] = {}
         self._pending: list[tuple[Location, RegionCheck]] = []
 
     # -- slices ---------------------------------------------------------------------------
@@ -141,7 +142,8 @@ class SeriesScan:
 
     def _adopt(self, k: int, image: SliceImage) -> SliceImage:
         """The slice with the masks its index-pass read made (same file, same pixels)."""
-        for key, (shape, bits) in self._masks.pop(k, {}).items():
+        for key, (shape, packed) in self._masks.pop(k, {}).items():
+            bits = np.frombuffer(zlib.decompress(packed), dtype=np.uint8)
             mask = np.unpackbits(bits, count=int(np.prod(shape))).reshape(shape).astype(bool)
             mask.flags.writeable = False
             image.derived(key, lambda mask=mask: mask)  # type: ignore[misc]
@@ -149,7 +151,9 @@ class SeriesScan:
 
     def _forget_before(self, k: int) -> None:
         for j in [j for j in self._images if j < k]:
-            del self._images[j]
+            image = self._images.pop(j)
+            if image is not None:  # regions waiting for the models may still hold the slice
+                image.forget_derived()
 
     # -- the pass -------------------------------------------------------------------------
 
@@ -192,7 +196,8 @@ class SeriesScan:
             for check in indexers:
                 check.index_slice(k, image)  # type: ignore[attr-defined]
             self._masks[k] = {
-                key: (mask.shape, np.packbits(mask)) for key, mask in image.derived_masks().items()
+                key: (mask.shape, zlib.compress(np.packbits(mask).tobytes(), 1))
+                for key, mask in image.derived_masks().items()
             }
         for check in indexers:
             check.finish_index()  # type: ignore[attr-defined]
@@ -251,7 +256,8 @@ class SeriesScan:
             if getattr(check, "fits_null", True):  # an analytic null needs no references
                 self.null_scores[check.name] += [r.score for r in check.score(references)]
         self.regions += found
-        self._pending += list(zip(locations, found, strict=True))
+        if self.models:  # waiting regions hold their slices: only keep them for a model
+            self._pending += list(zip(locations, found, strict=True))
         if len(self._pending) >= FLUSH_REGIONS:
             self._flush()
 

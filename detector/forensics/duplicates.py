@@ -132,11 +132,10 @@ class ExactRepeatCheck:
         # A bitmap of the keys' top bits, at most 1/16 full: a cheap "certainly not there".
         bits = int(np.clip(np.ceil(np.log2(16 * max(1, self._index.size))), 16, 27))
         self._shift = np.uint64(64 - bits)
-        top = (self._index >> self._shift).astype(np.intp)
         self._seen = np.zeros(1 << (bits - 3), dtype=np.uint8)
-        for bit in range(8):
-            at = top[(top & 7) == bit] >> 3
-            self._seen[at] |= np.uint8(1 << bit)
+        for start in range(0, self._index.size, 1 << 20):  # in chunks: the index is big
+            top = (self._index[start : start + (1 << 20)] >> self._shift).astype(np.uint32)
+            np.bitwise_or.at(self._seen, top >> 3, (1 << (top & 7)).astype(np.uint8))
 
     def _bounds(self, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Where each key's run starts and ends in the index (lo == hi: not there).

@@ -45,7 +45,7 @@ class SignWordTables:
         self._key_luts = np.stack(  # (8 turns, tables, 8, 256); keys fit in 32 bits
             [[gather_lut(turn[sub]) for sub in self.subsets] for turn in self.turns]
         ).astype(np.uint32)
-        self._plain_key_luts = np.stack([gather_lut(sub) for sub in self.subsets])
+        self._plain_key_luts = np.stack([gather_lut(sub) for sub in self.subsets]).astype(np.uint32)
         self.words = np.empty(0, dtype=np.uint64)
         self._starts = np.zeros(0, dtype=np.int32)
         self._order = np.zeros(0, dtype=np.int32)
@@ -57,7 +57,7 @@ class SignWordTables:
             raise ValueError("noise-copy index too large; lower index_budget")
         starts, orders = [], []
         for t in range(tables):
-            keys = gather(self._plain_key_luts[t], words).astype(np.int64)
+            keys = gather(self._plain_key_luts[t], words)
             orders.append(_stable_order(keys).astype(np.int32))
             count = np.bincount(keys, minlength=self.key_mask + 1)
             starts.append(np.concatenate([[0], np.cumsum(count)]) + t * n)
@@ -99,5 +99,6 @@ class SignWordTables:
 
 def _stable_order(keys: np.ndarray) -> np.ndarray:
     """``np.argsort(keys, kind="stable")`` for keys below 2^32, as two 16-bit radix passes."""
+    keys = keys.astype(np.uint32, copy=False)
     low = np.argsort((keys & 0xFFFF).astype(np.uint16), kind="stable")
     return low[np.argsort((keys[low] >> 16).astype(np.uint16), kind="stable")]

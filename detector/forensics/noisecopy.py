@@ -59,7 +59,7 @@ MIN_NCC = 0.95  # residual values of a copy correlate at ~0.98; a chance match o
 ANATOMY_NCC = 0.5  # the same place on a neighbouring slice: independent noise gives ~0 +- 0.13
 MAX_DONORS = 2
 BUCKET_CAP = 32  # a copy has one source; a word found in many places is structure
-QUERY_CHUNK = 2048  # query words looked up at once (bounds the candidate arrays to ~100 MB)
+QUERY_CHUNK = 1024  # query words looked up at once (keeps the candidate arrays to ~25 MB)
 _transitions = transitions  # the name tests and older callers use
 
 
