@@ -143,6 +143,8 @@ class SeriesScan:
     def _adopt(self, k: int, image: SliceImage) -> SliceImage:
         """The slice with the masks its index-pass read made (same file, same pixels)."""
         for key, (shape, packed) in self._masks.pop(k, {}).items():
+            if shape != image.pixels.shape:
+                continue
             bits = np.frombuffer(zlib.decompress(packed), dtype=np.uint8)
             mask = np.unpackbits(bits, count=int(np.prod(shape))).reshape(shape).astype(bool)
             mask.flags.writeable = False
@@ -192,7 +194,10 @@ class SeriesScan:
             try:
                 image = self.read(ref.path)
             except SliceReadError:  # unreadable: an empty slice indexes nothing
-                image = SliceImage(np.zeros((1, 1), np.float32), "CT", source=f"unreadable-{k}")
+                blank = SliceImage(np.zeros((1, 1), np.float32), "CT", source=f"unreadable-{k}")
+                for check in indexers:
+                    check.index_slice(k, blank)  # type: ignore[attr-defined]
+                continue
             for check in indexers:
                 check.index_slice(k, image)  # type: ignore[attr-defined]
             self._masks[k] = {
