@@ -6,6 +6,7 @@ every slice once (``read_slice``), which no scorer can beat. With ``--model`` th
 detectors score every region too (the worst case; give tiny CPU-recipe checkpoints).
 
     python benchmarks/study_cost.py --slices 300 --size 512
+    python benchmarks/study_cost.py --checks noise-consistency,slice-consistency,exact-repeat
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--seed", type=int, default=77)
     ap.add_argument("--model", type=Path, action="append", default=[], help="learned checkpoint")
+    ap.add_argument("--checks", help="comma list of forensic checks (default: the configured ones)")
     args = ap.parse_args()
 
     import pydicom
@@ -58,7 +60,8 @@ def main() -> int:
         for f in series_files(study):
             read_slice(f)
         floor = time.monotonic() - start
-        settings = DetectorSettings(device="cpu", window_stride_px=0)
+        chosen = {"checks": args.checks.split(",")} if args.checks else {}
+        settings = DetectorSettings(device="cpu", window_stride_px=0, **chosen)
         models = ModelSet.load(args.model, "cpu", checks=settings.checks)
         scorer = StudyScorer(db, root / "data", settings, models)
         start = time.monotonic()

@@ -11,15 +11,17 @@ units (HU for CT) here means each detector owns its own preprocessing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
 if TYPE_CHECKING:
     from detector.calibration import Calibration
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,26 @@ class SliceImage:
     # is normalised to [0, 1] the same way. None: the detector derives them from this slice.
     intensity_range: tuple[float, float] | None = None
     source: str = ""  # file path or SOP Instance UID, for reports and error messages
+    # What checks derive from the pixels (body and lung masks, ...): every check and the
+    # proposals need the same masks, so each is computed once per slice object. Not an init
+    # field, so ``dataclasses.replace`` (new pixels) starts with an empty one.
+    _derived: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def derived(self, key: str, make: Callable[[], T]) -> T:
+        """``make()``, computed once per slice object (pixels are never modified in place)."""
+        if key not in self._derived:
+            self._derived[key] = make()
+        return self._derived[key]  # type: ignore[no-any-return]
+
+    def forget_derived(self) -> None:
+        """Drop what was derived (it is recomputed if asked for again)."""
+        self._derived.clear()
+
+    def derived_masks(self) -> dict[str, np.ndarray]:
+        """The boolean masks derived so far, to hand to another read of the same file."""
+        return {
+            k: v for k, v in self._derived.items() if isinstance(v, np.ndarray) and v.dtype == bool
+        }
 
 
 @dataclass(frozen=True)

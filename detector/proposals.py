@@ -40,8 +40,20 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == (int(np.argmax(sizes)) + 1)
 
 
+def _frozen(mask: np.ndarray) -> np.ndarray:
+    mask.flags.writeable = False  # shared by every caller on this slice: never edited in place
+    return mask
+
+
 def body_mask(image: SliceImage) -> np.ndarray:
-    """The patient (not air, not the table): the largest dense region, holes filled."""
+    """The patient (not air, not the table): the largest dense region, holes filled.
+
+    Computed once per slice object and shared (read-only): every check needs it.
+    """
+    return image.derived("body_mask", lambda: _frozen(_body_mask(image)))
+
+
+def _body_mask(image: SliceImage) -> np.ndarray:
     px = image.pixels
     if image.modality == "CT":
         dense = px > -500
@@ -53,8 +65,16 @@ def body_mask(image: SliceImage) -> np.ndarray:
 
 
 def lung_mask(image: SliceImage, body: np.ndarray | None = None) -> np.ndarray:
-    """CT lungs: air inside the body (< -400 HU), with vessels and nodules filled in."""
-    body = body_mask(image) if body is None else body
+    """CT lungs: air inside the body (< -400 HU), with vessels and nodules filled in.
+
+    With the slice's own body mask (``body`` None) it is computed once per slice object.
+    """
+    if body is None:
+        return image.derived("lung_mask", lambda: _frozen(_lung_mask(image, body_mask(image))))
+    return _lung_mask(image, body)
+
+
+def _lung_mask(image: SliceImage, body: np.ndarray) -> np.ndarray:
     air = (image.pixels < -400) & body
     air = ndimage.binary_opening(air, iterations=2)
     labels, count = ndimage.label(air)
@@ -100,7 +120,7 @@ def _blobs(
 def blob_proposals(image: SliceImage) -> list[Proposal]:
     body = body_mask(image)
     if image.modality == "CT":
-        lungs = lung_mask(image, body)
+        lungs = lung_mask(image)
         solid = image.pixels > -400
         return _blobs(solid, lungs, image, (3.0, 32.0), image.pixels)
     inside = image.pixels[body]
@@ -115,7 +135,7 @@ def window_proposals(image: SliceImage, stride_px: int) -> list[Proposal]:
     if stride_px <= 0:
         return []
     body = body_mask(image)
-    region = lung_mask(image, body) if image.modality == "CT" else body
+    region = lung_mask(image) if image.modality == "CT" else body
     rows, cols = region.shape
     out = []
     for y in range(stride_px // 2, rows, stride_px):

@@ -20,6 +20,7 @@ No database access here: the scorer hands in the files and records what comes ou
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,7 @@ class SliceRef:
     path: Path
     z_mm: float | None
     instance_number: int | None
+    pixels: int = 0  # Rows x Columns from the header (0: unknown), sizes the series indexes
 
 
 @dataclass
@@ -65,17 +67,18 @@ def order_slices(files: Sequence[tuple[str, Path]]) -> list[SliceRef]:
     """Files sorted along the slice normal (headers only); unreadable headers keep their place."""
     refs = []
     for sop_uid, path in files:
-        z, number = None, None
+        z, number, pixels = None, None, 0
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
             number = int(ds.InstanceNumber) if ds.get("InstanceNumber") is not None else None
+            pixels = int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0)
             ipp, iop = ds.get("ImagePositionPatient"), ds.get("ImageOrientationPatient")
             if ipp is not None and iop is not None and len(iop) == 6:
                 normal = np.cross(np.asarray(iop[:3], float), np.asarray(iop[3:], float))
                 z = float(np.dot(normal, np.asarray(ipp, float)))
         except Exception:  # the slice reader reports unreadable files with the reason
             pass
-        refs.append(SliceRef(sop_uid, path, z, number))
+        refs.append(SliceRef(sop_uid, path, z, number, pixels))
     if all(r.z_mm is not None for r in refs):
         refs.sort(key=lambda r: r.z_mm)  # type: ignore[arg-type, return-value]
     return refs
@@ -117,6 +120,9 @@ class SeriesScan:
         # conservative for the second and later peaks of a slice).
         self.peak_null: dict[str, list[float]] = {}
         self._images: dict[int, SliceImage | None] = {}
+        # Masks the index pass made (body, lungs, ...), bit-packed and deflated (~8 kB a slice)
+        # until the scan reads the slice again: recomputing them cost a tenth of a large series.
+        self._masks: dict[int, dict[str, tuple[tuple[int, ...], bytes]]] = {}
         self._pending: list[tuple[Location, RegionCheck]] = []
 
     # -- slices ---------------------------------------------------------------------------
@@ -128,24 +134,34 @@ class SeriesScan:
             from detector.slices import SliceReadError
 
             try:
-                self._images[k] = self.read(self.slices[k].path)
+                self._images[k] = self._adopt(k, self.read(self.slices[k].path))
             except SliceReadError as exc:
                 self.notes.append(f"slice {self.slices[k].sop_uid} not scored: {exc}")
                 self._images[k] = None
         return self._images[k]
 
+    def _adopt(self, k: int, image: SliceImage) -> SliceImage:
+        """The slice with the masks its index-pass read made (same file, same pixels)."""
+        for key, (shape, packed) in self._masks.pop(k, {}).items():
+            if shape != image.pixels.shape:
+                continue
+            bits = np.frombuffer(zlib.decompress(packed), dtype=np.uint8)
+            mask = np.unpackbits(bits, count=int(np.prod(shape))).reshape(shape).astype(bool)
+            mask.flags.writeable = False
+            image.derived(key, lambda mask=mask: mask)  # type: ignore[misc]
+        return image
+
     def _forget_before(self, k: int) -> None:
         for j in [j for j in self._images if j < k]:
-            del self._images[j]
+            image = self._images.pop(j)
+            if image is not None:  # regions waiting for the models may still hold the slice
+                image.forget_derived()
 
     # -- the pass -------------------------------------------------------------------------
 
     def run(self, requested: dict[str, list[tuple[int, int, float]]], room: int) -> None:
         """Scan every slice; stop adding regions once ``room`` regions were proposed."""
-        for check in self.checks:
-            prepare = getattr(check, "prepare", None)
-            if prepare is not None:  # a series-wide index (exact repeats): one read-ahead pass
-                prepare(_LazySeries(self))
+        self._index_series()
         for k, ref in enumerate(self.slices):
             self._forget_before(k - self.copy_window - 1)
             image = self._image(k)
@@ -161,6 +177,35 @@ class SeriesScan:
             neighbours = (self._image(k - 1), self._image(k + 1))
             self._scan_slice(k, ref, image, context, neighbours, requested.get(ref.sop_uid, []))
         self._flush()
+
+    def _index_series(self) -> None:
+        """One read-ahead pass that feeds every check with a series-wide index (exact repeats,
+        noise copies) slice by slice: each slice is read and its masks made once for all."""
+        ident = tuple(str(ref.path) for ref in self.slices)  # what slice_id gives a read slice
+        pixels = sum(max(1, ref.pixels) for ref in self.slices)
+        indexers = [
+            c for c in self.checks if hasattr(c, "start_index") and c.start_index(ident, pixels)
+        ]
+        if not indexers:
+            return
+        from detector.slices import SliceReadError
+
+        for k, ref in enumerate(self.slices):
+            try:
+                image = self.read(ref.path)
+            except SliceReadError:  # unreadable: an empty slice indexes nothing
+                blank = SliceImage(np.zeros((1, 1), np.float32), "CT", source=f"unreadable-{k}")
+                for check in indexers:
+                    check.index_slice(k, blank)  # type: ignore[attr-defined]
+                continue
+            for check in indexers:
+                check.index_slice(k, image)  # type: ignore[attr-defined]
+            self._masks[k] = {
+                key: (mask.shape, zlib.compress(np.packbits(mask).tobytes(), 1))
+                for key, mask in image.derived_masks().items()
+            }
+        for check in indexers:
+            check.finish_index()  # type: ignore[attr-defined]
 
     def _scan_slice(
         self,
@@ -213,9 +258,11 @@ class SeriesScan:
                     "model": FORENSIC_VERSION,
                 }
                 region.maps[check.name] = result.heatmap.astype(np.float16)
-            self.null_scores[check.name] += [r.score for r in check.score(references)]
+            if getattr(check, "fits_null", True):  # an analytic null needs no references
+                self.null_scores[check.name] += [r.score for r in check.score(references)]
         self.regions += found
-        self._pending += list(zip(locations, found, strict=True))
+        if self.models:  # waiting regions hold their slices: only keep them for a model
+            self._pending += list(zip(locations, found, strict=True))
         if len(self._pending) >= FLUSH_REGIONS:
             self._flush()
 
@@ -262,23 +309,3 @@ class SeriesScan:
                 if region.proposal.source == f"hotspot:{check.name}" and peak_null is not None:
                     chosen = peak_null  # few slices: conformal only (no tail below 40)
                 evidence["p"] = float(chosen.tail_p_values([evidence["raw"]])[0])
-
-
-class _LazySeries(Sequence[SliceImage]):
-    """The scan's slices as a sequence read on demand (never all in memory at once)."""
-
-    def __init__(self, scan: SeriesScan) -> None:
-        self.scan = scan
-
-    def __len__(self) -> int:
-        return len(self.scan.slices)
-
-    def __getitem__(self, k: int) -> SliceImage:  # type: ignore[override]
-        if not 0 <= k < len(self.scan.slices):
-            raise IndexError(k)
-        from detector.slices import SliceReadError
-
-        try:  # read, not cached: the pass ahead reads each slice once more, window by window
-            return self.scan.read(self.scan.slices[k].path)
-        except SliceReadError:  # unreadable: an empty slice indexes nothing
-            return SliceImage(np.zeros((1, 1), np.float32), "CT", source=f"unreadable-{k}")

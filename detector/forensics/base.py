@@ -45,15 +45,15 @@ def binned_z(
     edges = np.unique(np.quantile(cov[fit], np.linspace(0, 1, bins + 1)[1:-1]))
     bin_fit = np.searchsorted(edges, cov[fit])
     bin_all = np.searchsorted(edges, cov[idx])
-    flat = out.ravel()
+    fitted = val[fit]
+    med, mad = np.empty(len(edges) + 1), np.empty(len(edges) + 1)
     for b in range(len(edges) + 1):
-        here = val[fit][bin_fit == b]
+        here = fitted[bin_fit == b]
         if here.size < 10:
-            here = val[fit]
-        med = float(np.median(here))
-        mad = ROBUST * float(np.median(np.abs(here - med))) + 1e-3
-        sel = idx[bin_all == b]
-        flat[sel] = (val[sel] - med) / mad
+            here = fitted
+        med[b] = float(np.median(here))
+        mad[b] = ROBUST * float(np.median(np.abs(here - med[b]))) + 1e-3
+    out.ravel()[idx] = (val[idx] - med[bin_all]) / mad[bin_all]
     return out
 
 
@@ -90,6 +90,14 @@ def crop(values: np.ndarray, x: int, y: int, half: int = HEATMAP_HALF) -> np.nda
     """Square crop centred on (x, y), zero-padded where it leaves the image."""
     padded = np.pad(values, half)
     return np.ascontiguousarray(padded[y : y + 2 * half, x : x + 2 * half], dtype=np.float32)
+
+
+def paste(out: np.ndarray, part: np.ndarray, top: int, left: int) -> None:
+    """Copy ``part`` into ``out`` with its corner at (top, left) of ``out``, clipped to it."""
+    r0, c0 = max(0, top), max(0, left)
+    r1, c1 = min(out.shape[0], top + part.shape[0]), min(out.shape[1], left + part.shape[1])
+    if r1 > r0 and c1 > c0:
+        out[r0:r1, c0:c1] = part[r0 - top : r1 - top, c0 - left : c1 - left]
 
 
 class MapCheck:

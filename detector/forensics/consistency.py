@@ -14,7 +14,7 @@ import numpy as np
 from scipy import ndimage
 
 from detector.forensics.base import MapCheck, binned_z
-from detector.forensics.references import tissue_mask
+from detector.forensics.references import tissue_core
 from detector.interface import Location
 
 
@@ -50,5 +50,5 @@ class SliceConsistencyCheck(MapCheck):
             )
             + 1e-3
         )
-        mask = ndimage.binary_erosion(tissue_mask(loc.image), iterations=2)
+        mask = tissue_core(loc.image)
         return np.maximum(binned_z(energy, structure, mask), 0.0)

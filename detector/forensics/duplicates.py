@@ -24,7 +24,7 @@ from scipy import ndimage
 
 from detector.calibration import AnalyticNull
 from detector.forensics.base import PixelCache, crop, slice_id
-from detector.forensics.references import tissue_mask
+from detector.forensics.references import tissue_mask, tissue_reach
 from detector.interface import EvidenceKind, Location, RegionScore, SliceImage
 
 REPEAT_P = 1e-12  # p of a region with >= MIN_REPEATS exactly repeated textured blocks
@@ -47,11 +47,14 @@ class ExactRepeatCheck:
         self.reach_px = reach_px
         self.vectors = rng.standard_normal((4, block))
         self.info: dict[str, object] = {"kind": self.kind.value}
-        self._series: tuple[int, ...] = ()
+        self._series: tuple[object, ...] = ()
         self._index = np.empty(0, dtype=np.uint64)
         self._owner = np.empty(0, dtype=np.int64)  # slice * (rows * cols) + flat position
-        self._keys: PixelCache[tuple[np.ndarray, np.ndarray]] = PixelCache(8)
+        self._keys: PixelCache[np.ndarray] = PixelCache(8)
         self._slice_of: dict[object, int] = {}
+        self._building: tuple[list[np.ndarray], list[np.ndarray]] | None = None
+        self._shift = np.uint64(48)
+        self._seen = np.zeros(1 << 13, dtype=np.uint8)  # bitmap of the index's top key bits
 
     @classmethod
     def create(cls, model_path: object = None, modality: str | None = None) -> ExactRepeatCheck:
@@ -62,55 +65,112 @@ class ExactRepeatCheck:
 
     def _dense(self, image: SliceImage) -> tuple[np.ndarray, np.ndarray]:
         """(key map uint64, textured-and-in-tissue map) of one slice, cached."""
-        return self._keys.get(image.pixels, lambda: self._compute_keys(image))
+        keys = self._keys.get(image.pixels, lambda: self._compute_keys(image))
+        return keys, image.derived(f"exact-repeat:ok:{self.block}", lambda: self._textured(image))
 
-    def _compute_keys(self, image: SliceImage) -> tuple[np.ndarray, np.ndarray]:
+    def _compute_keys(self, image: SliceImage) -> np.ndarray:
         px = image.pixels.astype(np.float64)
-        b, origin = self.block, -(self.block // 2)
+        origin = -(self.block // 2)
         parts = []
         for u, v in ((0, 1), (2, 3)):
             rows = ndimage.correlate1d(px, self.vectors[u], axis=0, mode="constant", origin=origin)
             parts.append(
                 ndimage.correlate1d(rows, self.vectors[v], axis=1, mode="constant", origin=origin)
             )
-        keys = parts[0].view(np.uint64) ^ (parts[1].view(np.uint64) * _MIX)
+        return parts[0].view(np.uint64) ^ (parts[1].view(np.uint64) * _MIX)
+
+    def _textured(self, image: SliceImage) -> np.ndarray:
+        """Block origins whose block is textured and near tissue (kept with the slice, so the
+        scan's second read of it gets this from the index pass)."""
+        px = image.pixels.astype(np.float64)
+        b, origin = self.block, -(self.block // 2)
         mean = ndimage.uniform_filter(px, b, origin=origin)
         var = ndimage.uniform_filter(px**2, b, origin=origin) - mean**2
         ok = var > 4.0
         ok[px.shape[0] - b + 1 :, :] = False
         ok[:, px.shape[1] - b + 1 :] = False
-        ok &= ndimage.binary_dilation(tissue_mask(image), iterations=b)
-        return keys, ok
+        ok &= tissue_reach(image, b)
+        ok.flags.writeable = False
+        return ok
 
     def prepare(self, series: Sequence[SliceImage]) -> None:
         """Index every textured block of the series on a 2-pixel grid (once per series)."""
         ident = tuple(slice_id(s) for s in series)
+        if self.start_index(ident, 0):
+            for k, image in enumerate(series):
+                self.index_slice(k, image)
+            self.finish_index()
+
+    def start_index(self, ident: tuple[object, ...], pixels: int) -> bool:
+        """Begin indexing the series ``ident``; False when it is the one already indexed."""
         if ident == self._series:
-            return
-        index, owner = [], []
-        for k, image in enumerate(series):
-            keys, ok = self._dense(image)
-            grid = np.zeros_like(ok)
-            grid[::2, ::2] = True
-            pos = np.flatnonzero(ok & grid)
-            index.append(keys.ravel()[pos])
-            owner.append(k * keys.size + pos)
+            return False
         self._series = ident
+        self._slice_of = {sid: k for k, sid in enumerate(ident)}
+        self._building = ([], [])
+        return True
+
+    def index_slice(self, k: int, image: SliceImage) -> None:
+        """Add slice ``k`` (in series order) to the index being built."""
+        assert self._building is not None, "start_index first"
+        keys, ok = self._dense(image)
+        grid = np.zeros_like(ok)
+        grid[::2, ::2] = True
+        pos = np.flatnonzero(ok & grid)
+        self._building[0].append(keys.ravel()[pos])
+        self._building[1].append(k * keys.size + pos)
+
+    def finish_index(self) -> None:
+        """Sort the keys for lookup."""
+        assert self._building is not None, "start_index first"
+        index, owner = self._building
+        self._building = None
         order_keys = np.concatenate(index) if index else np.empty(0, dtype=np.uint64)
         order = np.argsort(order_keys, kind="stable")
         self._index = order_keys[order]
         self._owner = (np.concatenate(owner) if owner else np.empty(0, dtype=np.int64))[order]
-        self._slice_of = {slice_id: k for k, slice_id in enumerate(ident)}
+        # A bitmap of the keys' top bits, at most 1/16 full: a cheap "certainly not there".
+        bits = int(np.clip(np.ceil(np.log2(16 * max(1, self._index.size))), 16, 27))
+        self._shift = np.uint64(64 - bits)
+        self._seen = np.zeros(1 << (bits - 3), dtype=np.uint8)
+        for start in range(0, self._index.size, 1 << 20):  # in chunks: the index is big
+            top = (self._index[start : start + (1 << 20)] >> self._shift).astype(np.uint32)
+            np.bitwise_or.at(self._seen, top >> 3, (1 << (top & 7)).astype(np.uint8))
+
+    def _bounds(self, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Where each key's run starts and ends in the index (lo == hi: not there).
+
+        Most keys are not in the index at all, and the bitmap of the index's top key bits
+        says so in one lookup; the rest are looked up in sorted order, which walks the tens
+        of megabytes of index in order instead of missing the cache on every key.
+        """
+        lo, hi = np.zeros(wanted.size, np.intp), np.zeros(wanted.size, np.intp)
+        top = (wanted >> self._shift).astype(np.intp)
+        maybe = np.flatnonzero((self._seen[top >> 3] >> (top & 7).astype(np.uint8)) & 1)
+        if maybe.size == 0:
+            return lo, hi
+        order = maybe[np.argsort(wanted[maybe], kind="stable")]
+        keys, size = wanted[order], self._index.size
+        start = np.searchsorted(self._index, keys, side="left")
+        present = self._index[np.minimum(start, size - 1)] == keys
+        end = start + present
+        longer = present & (self._index[np.minimum(end, size - 1)] == keys) & (end < size)
+        if longer.any():  # a key stored more than once (rare): find where its run ends
+            end[longer] = np.searchsorted(self._index, keys[longer], side="right")
+        lo[order], hi[order] = start, end
+        return lo, hi
 
     def candidates(self, image: SliceImage, mask: np.ndarray) -> list[tuple[int, int, float]]:
         """Centres (x, y, size) of areas of the slice whose blocks repeat elsewhere."""
         keys, ok = self._dense(image)
         if self._index.size == 0:
             return []
-        ys, xs = np.nonzero(ok & ndimage.binary_dilation(mask, iterations=self.block))
-        wanted = keys[ys, xs]
-        lo = np.searchsorted(self._index, wanted, side="left")
-        hi = np.searchsorted(self._index, wanted, side="right")
+        if mask is tissue_mask(image):  # the usual caller: the slice's own (cached) mask
+            near = tissue_reach(image, self.block)
+        else:
+            near = ndimage.binary_dilation(mask, iterations=self.block)
+        ys, xs = np.nonzero(ok & near)
+        lo, hi = self._bounds(keys[ys, xs])
         hit = np.flatnonzero(hi - lo > 1)  # itself (on the grid) and another copy
         hit = np.union1d(hit, np.flatnonzero((hi - lo == 1) & ((ys % 2) | (xs % 2)).astype(bool)))
         found = np.zeros(keys.shape, dtype=bool)
@@ -144,9 +204,7 @@ class ExactRepeatCheck:
             return out
         here = self._slice_of.get(slice_id(loc.image), -1)
         ys, xs = np.nonzero(sub_ok)
-        wanted = sub_keys[ys, xs]
-        lo = np.searchsorted(self._index, wanted, side="left")
-        hi = np.searchsorted(self._index, wanted, side="right")
+        lo, hi = self._bounds(sub_keys[ys, xs])
         for i in np.flatnonzero(hi > lo):
             owners = self._owner[lo[i] : hi[i]]
             k, pos = np.divmod(owners, rows * cols)

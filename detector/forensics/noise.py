@@ -21,7 +21,7 @@ import numpy as np
 from scipy import ndimage
 
 from detector.forensics.base import MapCheck, binned_z
-from detector.forensics.references import tissue_mask
+from detector.forensics.references import tissue_core
 from detector.interface import Location
 
 
@@ -62,7 +62,7 @@ class NoiseConsistencyCheck(MapCheck):
 
     def compute_map(self, loc: Location) -> np.ndarray:
         level, colour, mean = noise_features(loc.image.pixels, self.window)
-        mask = ndimage.binary_erosion(tissue_mask(loc.image), iterations=2)
+        mask = tissue_core(loc.image)
         z_level = binned_z(level, mean, mask)
         z_colour = binned_z(colour, mean, mask)
         return np.maximum(np.abs(z_level), np.abs(z_colour))

@@ -40,10 +40,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 from scipy import ndimage
 
 from detector.calibration import AnalyticNull
-from detector.forensics.base import PixelCache, crop, slice_id
+from detector.forensics.base import HEATMAP_HALF, PixelCache, paste, slice_id
+from detector.forensics.lsh import VARIANTS, SignWordTables
+from detector.forensics.signwords import dense_words, transitions, words_at
 from detector.interface import EvidenceKind, Location, RegionScore, SliceImage
 from detector.proposals import body_mask
 
@@ -56,32 +59,8 @@ MIN_NCC = 0.95  # residual values of a copy correlate at ~0.98; a chance match o
 ANATOMY_NCC = 0.5  # the same place on a neighbouring slice: independent noise gives ~0 +- 0.13
 MAX_DONORS = 2
 BUCKET_CAP = 32  # a copy has one source; a word found in many places is structure
-_TRANSFORMS = [(k, flip) for flip in (False, True) for k in range(4)]  # the dihedral group
-
-
-def _transform(a: np.ndarray, k: int, flip: bool) -> np.ndarray:
-    return np.rot90(a.T if flip else a, k)
-
-
-def _gather_lut(source_bits: np.ndarray) -> np.ndarray:
-    """Byte lookup tables that move bit ``source_bits[n]`` of a word to bit ``n``.
-
-    ``out = OR_j lut[j][(word >> 8 j) & 255]``: eight lookups instead of one shift per bit,
-    which is what makes turning a word (a bit permutation) or hashing it cheap.
-    """
-    lut = np.zeros((8, 256), dtype=np.uint64)
-    values = np.arange(256, dtype=np.uint64)
-    for n, src in enumerate(np.asarray(source_bits, dtype=np.int64)):
-        j, bit = divmod(int(src), 8)
-        lut[j] |= ((values >> np.uint64(bit)) & np.uint64(1)) << np.uint64(n)
-    return lut
-
-
-def _apply(lut: np.ndarray, words: np.ndarray) -> np.ndarray:
-    out = np.zeros(words.shape, dtype=np.uint64)
-    for j in range(8):
-        out |= lut[j][((words >> np.uint64(8 * j)) & np.uint64(255)).astype(np.intp)]
-    return out
+QUERY_CHUNK = 1024  # query words looked up at once (keeps the candidate arrays to ~25 MB)
+_transitions = transitions  # the name tests and older callers use
 
 
 class NoiseCopyCheck:
@@ -110,24 +89,16 @@ class NoiseCopyCheck:
         self.side, self.index_budget = side, index_budget
         self.max_distance, self.min_offset_px, self.reach_px = max_distance, min_offset_px, reach_px
         self.subsets = [np.sort(rng.choice(64, bits, replace=False)) for _ in range(tables)]
-        self.key_mask = np.uint64((1 << bits) - 1)
-        # Per flip/turn: bit b of the turned block's word is bit ``turn[b]`` of the block's.
-        base = np.arange(64).reshape(8, 8)
-        self._turns = [(k, flip, _transform(base, k, flip).ravel()) for k, flip in _TRANSFORMS]
-        self._turn_luts = [_gather_lut(turn) for _, _, turn in self._turns]
-        self._key_luts = [
-            [_gather_lut(turn[sub]) for sub in self.subsets] for *_, turn in self._turns
-        ]
-        self._plain_key_luts = [_gather_lut(sub) for sub in self.subsets]
-        self._found: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._tables = SignWordTables(self.subsets, BUCKET_CAP)
+        self._found: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self.info: dict[str, object] = {"kind": self.kind.value}
         self._series: tuple[object, ...] = ()
         self._residuals: list[np.ndarray] = []
         self._slice_of: dict[object, int] = {}
-        self._words = np.empty(0, dtype=np.uint64)
         self._owner = np.empty((0, 3), dtype=np.int32)  # slice, row, col of the block origin
-        self._tables: list[tuple[np.ndarray, np.ndarray]] = []  # (bucket starts, order)
-        self._cache: PixelCache[tuple[np.ndarray, np.ndarray]] = PixelCache(8)
+        self._building: tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]] | None = None
+        self._step = 1
+        self._cache: PixelCache[np.ndarray] = PixelCache(8)
 
     @classmethod
     def create(cls, model_path: object = None, modality: str | None = None) -> NoiseCopyCheck:
@@ -136,227 +107,265 @@ class NoiseCopyCheck:
 
     # -- words ----------------------------------------------------------------------------
 
-    def _residual(self, image: SliceImage) -> tuple[np.ndarray, np.ndarray]:
-        """(residual, mask of noise-dominated block *centres*) of a slice, cached."""
-        return self._cache.get(image.pixels, lambda: self._compute_residual(image))
+    def _residual(self, image: SliceImage) -> np.ndarray:
+        """The slice's fine-scale residual (float64), cached."""
+        return self._cache.get(image.pixels, lambda: _high_pass(image.pixels))
 
-    def _compute_residual(self, image: SliceImage) -> tuple[np.ndarray, np.ndarray]:
-        px = image.pixels.astype(np.float64)
-        smooth = ndimage.gaussian_filter(px, HIGH_PASS_SIGMA)
-        resid = px - smooth
+    def _noisy(self, image: SliceImage) -> np.ndarray:
+        """Mask of noise-dominated block *centres*: kept with the slice, so the scan's second
+        read of it gets this from the index pass."""
+        return image.derived("noise-copy:noisy", lambda: self._compute_noisy(image))
+
+    def _compute_noisy(self, image: SliceImage) -> np.ndarray:
+        resid = self._residual(image)
         s, h = self.side, self.side // 2
         energy = np.sqrt(ndimage.uniform_filter(resid**2, s))
         # Blocks with noise in them (not clamped air or padding) inside the body; whether a
         # block is noise or structure is settled later, by its values and by its neighbours.
-        ok = (energy > MIN_RESIDUAL) & ndimage.binary_erosion(body_mask(image), iterations=2)
-        ok[:h, :] = ok[px.shape[0] - h + 1 :, :] = False
-        ok[:, :h] = ok[:, px.shape[1] - h + 1 :] = False
-        return resid, ok
+        core = image.derived("body_core:2", lambda: _frozen(body_mask(image), 2))
+        ok = (energy > MIN_RESIDUAL) & core
+        ok[:h, :] = ok[resid.shape[0] - h + 1 :, :] = False
+        ok[:, :h] = ok[:, resid.shape[1] - h + 1 :] = False
+        ok.flags.writeable = False
+        return ok
 
-    def _dense_words(self, resid: np.ndarray, step: int = 1) -> np.ndarray:
-        """Sign words of every block origin (on a ``step`` grid) of ``resid``."""
-        s = self.side
-        rows, cols = resid.shape[0] - s + 1, resid.shape[1] - s + 1
-        if rows <= 0 or cols <= 0:
-            return np.zeros((0, 0), dtype=np.uint64)
-        positive = resid > 0
-        words = np.zeros(((rows + step - 1) // step, (cols + step - 1) // step), dtype=np.uint64)
-        for b in range(64):
-            i, j = divmod(b, s)
-            plane = positive[i : i + rows : step, j : j + cols : step]
-            words |= plane.astype(np.uint64) << np.uint64(b)
-        return words
+    def _residual_near(
+        self, image: SliceImage, windows: Sequence[tuple[int, int, int, int]]
+    ) -> np.ndarray:
+        """The residual under the blocks of ``windows`` (zero elsewhere), filtered window by
+        window: with the filter's radius as margin (or the image's own edge) every value is
+        the one the whole slice gives, at a fraction of the cost."""
+        px = image.pixels
+        rows, cols = px.shape
+        out = np.zeros(px.shape)
+        m = int(4.0 * HIGH_PASS_SIGMA + 0.5)  # gaussian_filter's radius (truncate = 4)
+        for y0, y1, x0, x1 in windows:
+            r1, c1 = y1 - 1 + self.side, x1 - 1 + self.side  # past the last covered pixel
+            top, left = max(0, y0 - m), max(0, x0 - m)
+            local = _high_pass(px[top : min(rows, r1 + m), left : min(cols, c1 + m)])
+            out[y0:r1, x0:c1] = local[y0 - top : r1 - top, x0 - left : c1 - left]
+        return out
 
-    def _key(self, words: np.ndarray, t: int) -> np.ndarray:
-        return _apply(self._plain_key_luts[t], words)
+    # -- the series index -----------------------------------------------------------------
 
     def prepare(self, series: Sequence[SliceImage]) -> None:
-        """Index the noise-dominated blocks of the series (once).
+        """Index the noise-dominated blocks of the series (once per series)."""
+        ident = tuple(slice_id(s) for s in series)
+        if self.start_index(ident, sum(int(image.pixels.size) for image in series)):
+            for k, image in enumerate(series):
+                self.index_slice(k, image)
+            self.finish_index()
+
+    def start_index(self, ident: tuple[object, ...], pixels: int) -> bool:
+        """Begin indexing the series ``ident`` (``pixels`` in all); False: it already is.
 
         Every block origin while the series fits ``index_budget`` words; beyond it a coarser
         grid (a copy must then be a little larger to hold an aligned block).
         """
-        ident = tuple(slice_id(s) for s in series)
         if ident == self._series:
-            return
-        words, owners, kept = [], [], []
-        pixels = sum(int(image.pixels.size) for image in series)
-        st = max(1, int(np.ceil(np.sqrt(0.5 * pixels / self.index_budget))))
-        for k, image in enumerate(series):
-            resid, ok = self._residual(image)
-            kept.append(resid.astype(np.float16))  # donors are verified on these values
-            w = self._dense_words(resid, st)
-            h = self.side // 2
-            sel = ok[h::st, h::st][: w.shape[0], : w.shape[1]]
-            ys, xs = np.nonzero(sel)
-            keep = _transitions(w[ys, xs]) >= MIN_TRANSITIONS
-            ys, xs = ys[keep], xs[keep]
-            words.append(w[ys, xs])
-            owners.append(np.stack([np.full(ys.size, k), ys * st, xs * st], axis=1))
+            return False
         self._series = ident
+        self._slice_of = {sid: k for k, sid in enumerate(ident)}
+        self._step = max(1, int(np.ceil(np.sqrt(0.5 * pixels / self.index_budget))))
+        self._building = ([], [], [])
+        return True
+
+    def index_slice(self, k: int, image: SliceImage) -> None:
+        """Add slice ``k`` (in series order) to the index being built."""
+        assert self._building is not None, "start_index first"
+        words, owners, kept = self._building
+        st, h = self._step, self.side // 2
+        resid, ok = self._residual(image), self._noisy(image)
+        kept.append(resid.astype(np.float16))  # donors are verified on these values
+        w = dense_words(resid, st)
+        sel = ok[h::st, h::st][: w.shape[0], : w.shape[1]]
+        ys, xs = np.nonzero(sel)
+        keep = transitions(w[ys, xs]) >= MIN_TRANSITIONS
+        ys, xs = ys[keep], xs[keep]
+        words.append(w[ys, xs])
+        owners.append(np.stack([np.full(ys.size, k), ys * st, xs * st], axis=1))
+
+    def finish_index(self) -> None:
+        """Sort the words into the LSH tables."""
+        assert self._building is not None, "start_index first"
+        words, owners, kept = self._building
+        self._building = None
         self._residuals = kept
         self._found = {}
-        self._slice_of = {slice_id: k for k, slice_id in enumerate(ident)}
-        self._words = np.concatenate(words) if words else np.empty(0, dtype=np.uint64)
         self._owner = (
             np.concatenate(owners).astype(np.int32) if owners else np.empty((0, 3), np.int32)
         )
-        self._tables = []
-        every_key = np.arange(int(self.key_mask) + 2, dtype=np.uint64)
-        for t in range(len(self.subsets)):
-            keys = self._key(self._words, t)
-            order = np.argsort(keys, kind="stable").astype(np.int64)
-            # Bucket starts for every possible key: a lookup is two gathers, not a search.
-            starts = np.searchsorted(keys[order], every_key).astype(np.int32)
-            self._tables.append((starts, order))
+        self._tables.build(np.concatenate(words) if words else np.empty(0, dtype=np.uint64))
 
     # -- scoring --------------------------------------------------------------------------
 
-    def _pairs(self, words: np.ndarray, o: int, negate: bool) -> tuple[np.ndarray, np.ndarray]:
-        """(query index, donor index) of indexed words within ``max_distance`` bits of each
-        query word turned by orientation ``o`` (and sign-inverted when ``negate``).
-
-        A bucket holding more than :data:`BUCKET_CAP` words is a pattern that recurs by nature
-        (structure, not noise) and is skipped, which also bounds the work per query.
-        """
-        turned = _apply(self._turn_luts[o], words)
-        if negate:
-            turned = ~turned
-        queries, donors = [], []
-        for t, (starts, order) in enumerate(self._tables):
-            q = _apply(self._key_luts[o][t], words)
-            if negate:
-                q = ~q & self.key_mask
-            q = q.astype(np.intp)
-            lo = starts[q].astype(np.int64)
-            n = starts[q + 1] - lo
-            take = np.flatnonzero((n > 0) & (n <= BUCKET_CAP))
-            if take.size == 0:
-                continue
-            counts = n[take]
-            which = np.repeat(take, counts)
-            offset = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-            cand = order[np.repeat(lo[take], counts) + offset]
-            near = _popcount(self._words[cand] ^ turned[which]) <= self.max_distance
-            queries.append(which[near])
-            donors.append(cand[near])
-        if not queries:
-            return np.empty(0, np.int64), np.empty(0, np.int64)
-        pairs = np.unique(np.stack([np.concatenate(queries), np.concatenate(donors)]), axis=1)
-        return pairs[0], pairs[1]
-
     def _slice_hits(
-        self, image: SliceImage, dense: np.ndarray, ys: np.ndarray, xs: np.ndarray
+        self, image: SliceImage, resid: np.ndarray, ys: np.ndarray, xs: np.ndarray
     ) -> np.ndarray:
-        """Which of the block origins (ys, xs) of a slice hold noise copied from elsewhere."""
-        resid, ok = self._residual(image)
+        """Which of the block origins (ys, xs) of a slice hold noise copied from elsewhere.
+
+        A block is a copy when, under some variant, it has at most :data:`MAX_DONORS` donors
+        and one of them lies far from it in the plane, correlates with it on the residual
+        values, and is not repeated by its own neighbouring slices (:meth:`_confirmed`).
+        """
+        ok = self._noisy(image)
         h, s = self.side // 2, self.side
-        words = dense[ys, xs]
         hit = np.zeros(ys.size, dtype=bool)
-        usable = ok[ys + h, xs + h] & (_transitions(words) >= MIN_TRANSITIONS)
-        if self._words.size == 0 or not usable.any():
+        words = words_at(resid, ys, xs)
+        usable = np.flatnonzero(ok[ys + h, xs + h] & (transitions(words) >= MIN_TRANSITIONS))
+        if self._tables.words.size == 0 or usable.size == 0:
             return hit
-        for o, (k, flip, _) in enumerate(self._turns):
-            for negate in (False, True):
-                query, donor = self._pairs(words, o, negate)
-                keep = usable[query] & ~hit[query]
-                query, donor = query[keep], donor[keep]
-                per_query = np.bincount(query, minlength=ys.size)
-                for i in np.flatnonzero((per_query > 0) & (per_query <= MAX_DONORS)):
-                    block = _transform(resid[ys[i] : ys[i] + s, xs[i] : xs[i] + s], k, flip)
-                    hit[i] = self._confirmed(
-                        -block if negate else block, donor[query == i], int(ys[i]), int(xs[i])
-                    )
+        blocks = sliding_window_view(resid, (s, s))
+        for chunk in np.array_split(usable, -(-usable.size // QUERY_CHUNK)):
+            qy, qx = ys[chunk], xs[chunk]
+            variant, query, donor = self._tables.pairs(words[chunk], self.max_distance)
+            slot = variant * chunk.size + query
+            per_slot = np.bincount(slot, minlength=VARIANTS * chunk.size)
+            owner = self._owner[donor]
+            far = np.hypot(owner[:, 1] - qy[query], owner[:, 2] - qx[query]) >= (
+                self.reach_px + self.min_offset_px
+            )
+            pick = np.flatnonzero((per_slot[slot] <= MAX_DONORS) & far)
+            if pick.size == 0:
+                continue
+            q, v = query[pick], variant[pick]
+            flat = blocks[qy[q], qx[q]].reshape(-1, s * s)
+            turned = np.take_along_axis(flat, self._tables.turns[v // 2], axis=1)
+            turned = np.where((v % 2 == 1)[:, None], -turned, turned)
+            good = self._confirmed(turned, owner[pick])
+            hit[chunk[np.unique(q[good])]] = True
         return hit
 
-    def hits(self, loc: Location) -> np.ndarray:
-        """Map (block origins around the location) of blocks whose noise is a copy.
+    def _confirmed(self, blocks: np.ndarray, owners: np.ndarray) -> np.ndarray:
+        """Per (block, donor): correlated residual values, and a donor its neighbouring slices
+        do not repeat (anatomy persists from slice to slice, scanner noise does not)."""
+        k, row, col = owners[:, 0], owners[:, 1], owners[:, 2]
+        good = self._ncc(blocks, k, row, col) >= MIN_NCC
+        if not good.any():
+            return good
+        sel = np.flatnonzero(good)
+        beside = np.full(sel.size, -np.inf)
+        for j in (k[sel] - 1, k[sel] + 1):
+            inside = (j >= 0) & (j < len(self._residuals))
+            ncc = self._ncc(blocks[sel], j, row[sel], col[sel])
+            beside = np.where(inside, np.maximum(beside, ncc), beside)
+        beside[np.isneginf(beside)] = 0.0  # a one-slice series: no neighbour to repeat it
+        good[sel] = beside < ANATOMY_NCC
+        return good
 
-        Results are kept per slice, so overlapping regions never query a block twice.
-        """
+    def _ncc(
+        self, blocks: np.ndarray, slices: np.ndarray, rows: np.ndarray, cols: np.ndarray
+    ) -> np.ndarray:
+        """Correlation of each flattened block with the residual at (slice, row, col); 0 where
+        there is no such block or either is constant."""
+        out = np.zeros(len(blocks))
+        s = self.side
+        for k in np.unique(slices):
+            if not 0 <= k < len(self._residuals):
+                continue
+            resid = self._residuals[int(k)]
+            at = np.flatnonzero(slices == k)
+            r, c = rows[at], cols[at]
+            fits = (r >= 0) & (c >= 0) & (r + s <= resid.shape[0]) & (c + s <= resid.shape[1])
+            at, r, c = at[fits], r[fits], c[fits]
+            if at.size == 0:
+                continue
+            source = sliding_window_view(resid, (s, s))[r, c].reshape(-1, s * s)
+            out[at] = _correlation(blocks[at], source.astype(np.float64))
+        return out
+
+    def _entry(self, image: SliceImage) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(pixels, block origins queried, found to be copies) of the slice being scored."""
+        key = id(image.pixels)
+        entry = self._found.get(key)
+        if entry is None or entry[0] is not image.pixels:
+            shape = image.pixels.shape
+            entry = (image.pixels, np.zeros(shape, bool), np.zeros(shape, bool))
+            self._found = {key: entry}
+        return entry
+
+    def _window(self, loc: Location) -> tuple[int, int, int, int] | None:
+        """Block origins (y0, y1, x0, x1) within ``reach_px`` of the location."""
         rows, cols = loc.image.pixels.shape
         r, h = self.reach_px, self.side // 2
         y0, y1 = max(0, loc.y - h - r), min(rows - self.side + 1, loc.y - h + r + 1)
         x0, x1 = max(0, loc.x - h - r), min(cols - self.side + 1, loc.x - h + r + 1)
-        if y1 <= y0 or x1 <= x0:
-            return np.zeros((0, 0), dtype=bool)
-        key = id(loc.image.pixels)
-        entry = self._found.get(key)
-        if entry is None or entry[0] is not loc.image.pixels:
-            done = np.zeros((rows, cols), dtype=bool)
-            dense = self._dense_words(self._residual(loc.image)[0])
-            entry = (loc.image.pixels, done, np.zeros((rows, cols), dtype=bool), dense)
-            self._found = {key: entry}  # one slice at a time is scored
-        _, done, found, dense = entry
-        todo = ~done[y0:y1, x0:x1]
+        return (y0, y1, x0, x1) if y1 > y0 and x1 > x0 else None
+
+    def _fill(self, image: SliceImage, windows: Sequence[tuple[int, int, int, int]]) -> None:
+        """Query every block origin of ``windows`` not yet queried, in one batch per slice
+        (overlapping regions never query a block twice)."""
+        _, done, found = self._entry(image)
+        todo = np.zeros(done.shape, dtype=bool)
+        for y0, y1, x0, x1 in windows:
+            todo[y0:y1, x0:x1] = True
+        todo &= ~done
         if todo.any():
             ys, xs = np.nonzero(todo)
-            ys, xs = ys + y0, xs + x0
-            found[ys, xs] = self._slice_hits(loc.image, dense, ys, xs)
+            found[ys, xs] = self._slice_hits(image, self._residual_near(image, windows), ys, xs)
             done[ys, xs] = True
-        return found[y0:y1, x0:x1]
-
-    def _confirmed(self, block: np.ndarray, donors: np.ndarray, y: int, x: int) -> bool:
-        """A donor far from (y, x) whose residual values correlate with ``block``."""
-        for slice_k, row, col in self._owner[donors]:
-            if np.hypot(row - y, col - x) < self.reach_px + self.min_offset_px:
-                continue
-            if self._ncc(block, int(slice_k), row, col) < MIN_NCC:
-                continue
-            # Anatomy persists from slice to slice, noise does not: a source block that the
-            # neighbouring slices repeat is structure (e.g. mirrored texture), not noise.
-            beside = [
-                self._ncc(block, j, row, col)
-                for j in (int(slice_k) - 1, int(slice_k) + 1)
-                if 0 <= j < len(self._residuals)
-            ]
-            if max(beside, default=0.0) < ANATOMY_NCC:
-                return True
-        return False
-
-    def _ncc(self, block: np.ndarray, slice_k: int, row: int, col: int) -> float:
-        resid = self._residuals[slice_k]
-        source = resid[row : row + self.side, col : col + self.side].astype(np.float64)
-        if source.shape != block.shape or source.std() == 0 or block.std() == 0:
-            return 0.0
-        return float(np.corrcoef(block.ravel(), source.ravel())[0, 1])
 
     def score(self, locations: Sequence[Location]) -> list[RegionScore]:
-        out = []
-        h = self.side // 2
-        for loc in locations:
-            if loc.context and slice_id(loc.image) not in self._slice_of:
-                self.prepare(loc.context)
-            found = self.hits(loc)
-            heat = np.zeros(loc.image.pixels.shape, dtype=np.float32)
-            if found.size:
-                y0 = max(0, loc.y - h - self.reach_px)
-                x0 = max(0, loc.x - h - self.reach_px)
-                centres = np.zeros(heat.shape, dtype=np.float32)
-                centres[y0 + h : y0 + h + found.shape[0], x0 + h : x0 + h + found.shape[1]] = found
-                heat = ndimage.uniform_filter(centres, self.side) * self.side**2
-            out.append(RegionScore(float(found.sum()), crop(heat, loc.x, loc.y)))
+        out: list[RegionScore] = []
+        start = 0
+        while start < len(locations):  # each run of locations on one slice: one batch
+            image = locations[start].image
+            end = start + 1
+            while end < len(locations) and locations[end].image.pixels is image.pixels:
+                end += 1
+            run = locations[start:end]
+            if run[0].context and slice_id(image) not in self._slice_of:
+                self.prepare(run[0].context)
+            windows = [self._window(loc) for loc in run]
+            self._fill(image, [w for w in windows if w is not None])
+            found = self._entry(image)[2]
+            for loc, w in zip(run, windows, strict=True):
+                here = found[w[0] : w[1], w[2] : w[3]] if w else np.zeros((0, 0), dtype=bool)
+                out.append(RegionScore(float(here.sum()), self._heatmap(loc, here)))
+            start = end
         return out
+
+    def _heatmap(self, loc: Location, found: np.ndarray) -> np.ndarray:
+        """The pixels covered by the location's copied blocks (64x64 crop around it)."""
+        heat = np.zeros((2 * HEATMAP_HALF, 2 * HEATMAP_HALF), dtype=np.float32)
+        if not found.size:
+            return heat
+        s, h, r = self.side, self.side // 2, self.reach_px
+        y0, x0 = max(0, loc.y - h - r) + h, max(0, loc.x - h - r) + h  # first block centre
+        rows, cols = loc.image.pixels.shape
+        # Only pixels within a block of a found centre are non-zero, so the filter runs on that
+        # neighbourhood (clipped to the image, whose edges reflect as they did on the whole).
+        top, left = max(0, y0 - s), max(0, x0 - s)
+        bottom, right = min(rows, y0 + found.shape[0] + s), min(cols, x0 + found.shape[1] + s)
+        centres = np.zeros((bottom - top, right - left), dtype=np.float32)
+        fy, fx = y0 - top, x0 - left
+        centres[fy : fy + found.shape[0], fx : fx + found.shape[1]] = found
+        local = ndimage.uniform_filter(centres, s) * s**2
+        paste(heat, local, top - (loc.y - HEATMAP_HALF), left - (loc.x - HEATMAP_HALF))
+        return heat
 
     def calibrate(self, series: Sequence[SliceImage]) -> AnalyticNull:
         """The analytic null of the module docstring (nothing to fit)."""
         return AnalyticNull(threshold=MIN_HITS, p_at_or_above=COPY_P)
 
 
-def _transitions(words: np.ndarray) -> np.ndarray:
-    """Sign changes between 4-neighbours inside each 8x8 word (0-112); noise has about 56."""
-    w = np.asarray(words, dtype=np.uint64)
-    not_last_col = np.uint64(0x7F7F7F7F7F7F7F7F)
-    horizontal = (w ^ (w >> np.uint64(1))) & not_last_col
-    vertical = (w ^ (w >> np.uint64(8))) & np.uint64(0x00FFFFFFFFFFFFFF)
-    return _popcount(horizontal.ravel()).reshape(w.shape) + _popcount(vertical.ravel()).reshape(
-        w.shape
-    )
+def _high_pass(pixels: np.ndarray) -> np.ndarray:
+    """``pixels - gaussian(pixels, HIGH_PASS_SIGMA)``: the scales where noise dominates."""
+    px = pixels.astype(np.float64)
+    return px - ndimage.gaussian_filter(px, HIGH_PASS_SIGMA)
 
 
-_POP8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+def _frozen(mask: np.ndarray, erode: int) -> np.ndarray:
+    out = ndimage.binary_erosion(mask, iterations=erode)
+    out.flags.writeable = False  # cached on the slice, shared
+    return out
 
 
-def _popcount(words: np.ndarray) -> np.ndarray:
-    as_bytes = np.ascontiguousarray(words, dtype=np.uint64).view(np.uint8).reshape(-1, 8)
-    return _POP8[as_bytes].sum(axis=1)
+def _correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pearson correlation of matching rows (0 where either row is constant)."""
+    a = a - a.mean(axis=1, keepdims=True)
+    b = b - b.mean(axis=1, keepdims=True)
+    aa, bb = (a * a).sum(axis=1), (b * b).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (a * b).sum(axis=1) / np.sqrt(aa) / np.sqrt(bb)
+    return np.where((aa > 0) & (bb > 0), np.clip(r, -1.0, 1.0), 0.0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from scipy import ndimage
 
 from detector.interface import Location, SliceImage
 from detector.proposals import body_mask, lung_mask
@@ -19,13 +20,36 @@ REFERENCES_PER_SERIES = 600  # enough for a Pareto tail (60 exceedances) at litt
 
 
 def tissue_mask(image: SliceImage) -> np.ndarray:
-    """Where proposals are looked for: CT lungs (the body when no lung shows), the MR body."""
-    body = body_mask(image)
+    """Where proposals are looked for: CT lungs (the body when no lung shows), the MR body.
+
+    Shared and read-only, like the masks it is made of.
+    """
     if image.modality == "CT":
-        lungs = lung_mask(image, body)
+        lungs = lung_mask(image)
         if lungs.sum() >= 200:
             return lungs
-    return body
+    return body_mask(image)
+
+
+def tissue_core(image: SliceImage, iterations: int = 2) -> np.ndarray:
+    """The tissue mask eroded by ``iterations`` pixels, once per slice (the map checks' mask)."""
+    return image.derived(
+        f"tissue_core:{iterations}",
+        lambda: _frozen(ndimage.binary_erosion(tissue_mask(image), iterations=iterations)),
+    )
+
+
+def tissue_reach(image: SliceImage, iterations: int) -> np.ndarray:
+    """The tissue mask dilated by ``iterations`` pixels, once per slice (block searches)."""
+    return image.derived(
+        f"tissue_reach:{iterations}",
+        lambda: _frozen(ndimage.binary_dilation(tissue_mask(image), iterations=iterations)),
+    )
+
+
+def _frozen(mask: np.ndarray) -> np.ndarray:
+    mask.flags.writeable = False
+    return mask
 
 
 def neighbours_of(
