@@ -30,6 +30,8 @@ from scipy import stats
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.cpu_recipe import RECIPES  # noqa: E402 - needs ROOT on the path
+
 
 def cli(*args: str) -> float:
     """Run one tamperscan command; its wall time in seconds (a failure stops the benchmark)."""
@@ -54,22 +56,7 @@ def train_models(args: argparse.Namespace, work: Path, seed: int) -> tuple[list[
         phantoms(
             modality, args.train_studies, args.slices, args.size, data, seed + (modality == "MR")
         )
-        recipes = {
-            "inpaint": ["--patch-size", "64", "--model-dim", "16", "--batch-size", "32"],
-            "btd": [
-                "--patch-size",
-                "64",
-                "--model-dim",
-                "16",
-                "--dim-mults",
-                "1,2,4",
-                "--batch-size",
-                "16",
-                "--max-timestep",
-                "50",
-            ],  # fmt: skip
-        }
-        for detector, extra in recipes.items():
+        for detector, extra in RECIPES.items():
             path = work / f"{modality.lower()}-{detector}.ckpt"
             times[f"{detector}/{modality}"] = cli(
                 "train", "--detector", detector, "--modality", modality, "--data", str(data),

@@ -31,21 +31,7 @@ from statistics import median
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-RECIPES = {  # docs/detectors.md, CPU recipe
-    "inpaint": ["--patch-size", "64", "--model-dim", "16", "--batch-size", "32"],
-    "btd": [
-        "--patch-size",
-        "64",
-        "--model-dim",
-        "16",
-        "--dim-mults",
-        "1,2,4",
-        "--batch-size",
-        "16",
-        "--max-timestep",
-        "50",
-    ],  # fmt: skip
-}
+from benchmarks.cpu_recipe import RECIPES  # noqa: E402 - needs ROOT on the path
 
 
 def command(*args: str) -> list[str]:
