@@ -156,10 +156,9 @@ class InstanceStore:
             if known is None or known.sha256 != sha:
                 (self.root / relpath).unlink(missing_ok=True)
 
-        fast = [target]  # taken once: a retry (e.g. after a unique-key race) goes the full way
-
         def index(session: Session) -> StoreOutcome:
-            append, fast[0] = fast[0], None
+            nonlocal target  # taken once: a retry (e.g. after a unique-key race) goes the full way
+            append, target = target, None
             if append is not None:
                 now = self.clock()
                 new_id = append_instance(

@@ -74,8 +74,9 @@ def _descend(
     in_disc: np.ndarray,
     start: np.ndarray,
     bound: float,
-) -> tuple[np.ndarray, list[float]]:
-    """PGD on the sum of the targets' relative scores; returns delta and the scores before."""
+    before: list[float],
+) -> np.ndarray:
+    """PGD on the sum of the targets' scores relative to ``before``; returns the delta."""
     import torch
 
     half = win.shape[0] // 2
@@ -87,8 +88,6 @@ def _descend(
     def scores(values: torch.Tensor) -> list[torch.Tensor]:
         return [t.score(values, half, lo, hi) for t, (lo, hi) in zip(targets, windows, strict=True)]
 
-    with torch.no_grad():
-        before = [float(v) for v in scores(base)]
     for _ in range(STEPS):
         now = scores(base + delta * inside)
         loss = sum(v / max(b, 1e-12) for v, b in zip(now, before, strict=True))
@@ -96,7 +95,7 @@ def _descend(
         with torch.no_grad():
             delta -= (bound / 6) * grad.sign()
             delta.clamp_(-bound, bound)
-    return (delta * inside).detach().cpu().numpy(), before
+    return (delta * inside).detach().cpu().numpy()
 
 
 def _scores_of(
@@ -149,7 +148,8 @@ def attack(lab: LabState, studies: list[StudySeries]) -> TamperRecord | None:
         if targets[0].device.type == "cpu":  # small nets: one thread beats OpenMP barriers
             torch.set_num_threads(1)
         try:
-            delta, before = _descend(targets, windows, win, in_disc, start, bound)
+            before = _scores_of(targets, windows, win)
+            delta = _descend(targets, windows, win, in_disc, start, bound, before)
             units = np.clip(np.rint(delta / slope), -step_units, step_units)
             after = _scores_of(targets, windows, win + units * slope)
         finally:
