@@ -109,7 +109,7 @@ class SeriesScan:
         self.window_stride = window_stride
         self.max_blobs = max_blobs
         self.hotspots_per_slice = hotspots_per_slice
-        self.refs_per_slice = max(1, math.ceil(references / max(1, len(slices))))
+        self.refs_per_slice = self._per_slice(references)
         self.copy_window = copy_window
         self.rng = np.random.default_rng(seed)
         self.regions: list[RegionCheck] = []
@@ -259,7 +259,9 @@ class SeriesScan:
                 }
                 region.maps[check.name] = result.heatmap.astype(np.float16)
             if getattr(check, "fits_null", True):  # an analytic null needs no references
-                self.null_scores[check.name] += [r.score for r in check.score(references)]
+                quota = getattr(check, "null_references", None)  # a check that needs fewer
+                refs = references if quota is None else references[: self._per_slice(quota)]
+                self.null_scores[check.name] += [r.score for r in check.score(refs)]
         self.regions += found
         if self.models:  # waiting regions hold their slices: only keep them for a model
             self._pending += list(zip(locations, found, strict=True))
@@ -287,6 +289,10 @@ class SeriesScan:
                 }
                 region.maps[model.name] = results[i].heatmap.astype(np.float16)
 
+    def _per_slice(self, total: int) -> int:
+        """Reference locations per slice that give about ``total`` over the series."""
+        return max(1, math.ceil(total / max(1, len(self.slices))))
+
     def finish(self) -> None:
         """Fit each forensic check's null on this series' references and give regions p."""
         for check in self.checks:
@@ -296,6 +302,15 @@ class SeriesScan:
                 raws = [r.scores[check.name]["raw"] for r in self.regions]
                 for region, p in zip(self.regions, null.tail_p_values(raws), strict=True):
                     region.scores[check.name]["p"] = float(p)
+                continue
+            null_from = getattr(check, "null_from", None)
+            if null_from is not None:  # the check builds its own null from the references
+                own = null_from(scores)
+                raws = [r.scores[check.name]["raw"] for r in self.regions]
+                for region, p in zip(self.regions, own.tail_p_values(raws), strict=True):
+                    region.scores[check.name]["p"] = float(p)
+                if isinstance(own, Calibration):
+                    self.notes.append(f"{check.name}: its bound fails on this series' references")
                 continue
             if len(scores) < 40:
                 self.notes.append(f"{check.name}: too few reference locations in the series")

@@ -30,9 +30,14 @@ How:
 Null: for independent noise a word matches a given donor within ``max_distance`` bits with
 probability ``sum_{d<=D} C(64, d) / 2^64`` (4e-12 for D = 6), but residual samples are
 correlated by the reconstruction kernel and anatomy leaks into them, so the p of
-:data:`COPY_P` at :data:`MIN_HITS` confirmed positions is a stated bound checked on genuine
-series (tests/test_noise_copy.py; ``benchmarks/detection.py`` measures the study false-alarm
-rate), not a derivation.
+:data:`COPY_P` at :data:`MIN_HITS` confirmed positions is a stated bound, not a derivation.
+It is therefore tested on every series (:meth:`NoiseCopyCheck.null_from`): random reference
+regions of the series are scored like any region, and where more than
+:data:`GATE_SHARE` of them reach :data:`MIN_HITS` the bound does not hold there (a soft
+reconstruction kernel leaves the residual so smooth that 64 signs carry a few bits only, and
+genuine blocks match all over the series). That series gets the references' own empirical
+null instead, which cannot reach a verdict alone. A copied area covers far less than that
+share of a series' tissue, so tampering does not switch the bound off.
 """
 
 from __future__ import annotations
@@ -43,15 +48,18 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy import ndimage
 
-from detector.calibration import AnalyticNull
+from detector.calibration import AnalyticNull, Calibration
 from detector.forensics.base import HEATMAP_HALF, PixelCache, paste, slice_id
 from detector.forensics.lsh import VARIANTS, SignWordTables
+from detector.forensics.references import reference_locations
 from detector.forensics.signwords import dense_words, transitions, words_at
 from detector.interface import EvidenceKind, Location, RegionScore, SliceImage
 from detector.proposals import body_mask
 
 COPY_P = 1e-6  # p of a region with >= MIN_HITS copied positions (measured, not analytic: see above)
 MIN_HITS = 3
+GATE_REFERENCES = 120  # reference regions per series that test the stated bound
+GATE_SHARE = 0.05  # share of them allowed at MIN_HITS before the bound is dropped
 HIGH_PASS_SIGMA = 1.0
 MIN_RESIDUAL = 1.5  # RMS residual (stored units) below which a block is flat, not noisy
 MIN_TRANSITIONS = 20  # of 112 neighbour pairs: fewer is an edge or a ramp, not noise
@@ -60,6 +68,13 @@ ANATOMY_NCC = 0.5  # the same place on a neighbouring slice: independent noise g
 MAX_DONORS = 2
 BUCKET_CAP = 32  # a copy has one source; a word found in many places is structure
 QUERY_CHUNK = 1024  # query words looked up at once (keeps the candidate arrays to ~25 MB)
+# candidates() queries a (step x step) cluster of block origins every spacing * step pixels:
+# a quarter of the origins while the series is indexed at every origin (step 1), a sixteenth
+# on the coarser grid of a large series (what keeps a 300-slice CT within its time budget)
+CANDIDATE_SPACING = {1: 2}
+CANDIDATE_SPACING_LARGE = 4
+CANDIDATE_HITS = 2  # copied positions a proposed area needs (a genuine one rarely has one)
+CANDIDATES_PER_SLICE = 4
 _transitions = transitions  # the name tests and older callers use
 
 
@@ -70,7 +85,7 @@ class NoiseCopyCheck:
     kind = EvidenceKind.FORENSIC
     needs_context = True
     modality = None  # every modality
-    fits_null = False  # analytic null, like exact-repeat
+    null_references = GATE_REFERENCES  # the scan scores this many references, not all
 
     def __init__(
         self,
@@ -305,6 +320,49 @@ class NoiseCopyCheck:
             found[ys, xs] = self._slice_hits(image, self._residual_near(image, windows), ys, xs)
             done[ys, xs] = True
 
+    def candidates(self, image: SliceImage, mask: np.ndarray) -> list[tuple[int, int, float]]:
+        """Centres (x, y, hits) of areas of the slice whose noise is copied from elsewhere.
+
+        A removal leaves no blob and, with borrowed noise, no noise hole either, so nothing
+        else proposes it. The slice is queried on a sparse grid: clusters of ``step`` x
+        ``step`` block origins (``step``: the index grid, so every copy offset meets an
+        indexed donor) every ``spacing * step`` pixels (:data:`CANDIDATE_SPACING`). Clusters
+        of :data:`CANDIDATE_HITS` or more hits are returned, strongest first; the region is
+        then scored densely (blocks already queried are not queried again).
+        """
+        if self._tables.words.size == 0:
+            return []
+        st, h = self._step, self.side // 2
+        rows, cols = image.pixels.shape
+        spacing = CANDIDATE_SPACING.get(st, CANDIDATE_SPACING_LARGE) * st
+        grid_y = np.flatnonzero(np.arange(rows - self.side + 1) % spacing < st)
+        grid_x = np.flatnonzero(np.arange(cols - self.side + 1) % spacing < st)
+        if grid_y.size == 0 or grid_x.size == 0:
+            return []
+        ys, xs = (a.ravel() for a in np.meshgrid(grid_y, grid_x, indexing="ij"))
+        inside = mask[ys + h, xs + h] & self._noisy(image)[ys + h, xs + h]
+        ys, xs = ys[inside], xs[inside]
+        _, done, found = self._entry(image)
+        todo = ~done[ys, xs]
+        if todo.any():
+            qy, qx = ys[todo], xs[todo]
+            found[qy, qx] = self._slice_hits(image, self._residual(image), qy, qx)
+            done[qy, qx] = True
+        hit = np.zeros(found.shape, dtype=bool)
+        hit[ys, xs] = found[ys, xs]
+        if not hit.any():
+            return []
+        labels, count = ndimage.label(ndimage.binary_dilation(hit, iterations=spacing))
+        index = np.arange(1, count + 1)
+        sizes = ndimage.sum_labels(hit, labels, index)
+        centres = ndimage.center_of_mass(hit, labels, index)
+        out = [
+            (int(round(c[1])) + h, int(round(c[0])) + h, float(n))
+            for c, n in zip(centres, sizes, strict=True)
+            if n >= CANDIDATE_HITS
+        ]
+        return sorted(out, key=lambda t: -t[2])[:CANDIDATES_PER_SLICE]
+
     def score(self, locations: Sequence[Location]) -> list[RegionScore]:
         out: list[RegionScore] = []
         start = 0
@@ -344,9 +402,19 @@ class NoiseCopyCheck:
         paste(heat, local, top - (loc.y - HEATMAP_HALF), left - (loc.x - HEATMAP_HALF))
         return heat
 
-    def calibrate(self, series: Sequence[SliceImage]) -> AnalyticNull:
-        """The analytic null of the module docstring (nothing to fit)."""
-        return AnalyticNull(threshold=MIN_HITS, p_at_or_above=COPY_P)
+    def calibrate(self, series: Sequence[SliceImage]) -> AnalyticNull | Calibration:
+        """The stated bound, tested on :data:`GATE_REFERENCES` references of ``series``."""
+        refs = reference_locations(series, GATE_REFERENCES, seed=1, with_context=True)
+        return self.null_from([r.score for r in self.score(refs)])
+
+    def null_from(self, reference_scores: Sequence[float]) -> AnalyticNull | Calibration:
+        """:data:`COPY_P` at :data:`MIN_HITS` where the series' genuine references keep to
+        it, else their empirical null (see the module docstring)."""
+        scores = np.asarray(reference_scores, dtype=np.float64)
+        bound = AnalyticNull(threshold=MIN_HITS, p_at_or_above=COPY_P)
+        if scores.size == 0 or np.mean(scores >= MIN_HITS) <= GATE_SHARE:
+            return bound
+        return Calibration.from_scores(scores)
 
 
 def _high_pass(pixels: np.ndarray) -> np.ndarray:

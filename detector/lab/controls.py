@@ -5,17 +5,27 @@ A genuine tumour must never be a "hit": every manifest holds genuine rows on rea
 tampered from genuine. Before any attack runs, :func:`reserve_lesions` sets aside about a
 quarter of each modality's lesions (at least one) and the slices they reach; no attack edits
 those slices, so TM controls exist whenever a modality has two lesions or more (or one and no
-removal). Controls only use slices no attack edited.
+removal). Controls only use slices no attack edited, and never the source of a copy-move: its
+pixels now occur twice in the study, and content alone does not say which end was moved (every
+copy detector rightly flags both ends; the finding names the pair), so it is no clean control.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from detector.lab.edits import LabState, TamperError, candidate_mask, pick_location, read_slice_data
+from detector.lab.edits import (
+    LabState,
+    StudySeries,
+    TamperError,
+    candidate_mask,
+    pick_location,
+    read_slice_data,
+)
 from detector.lab.manifest import GENUINE, ManifestRow
 
 RESERVED_FRACTION = 0.25
+SOURCE_MARGIN = 1.3  # a source disc may be up to 1/0.8 of the pasted one (family B scales)
 
 
 def reserve_lesions(lab: LabState, seed: int, removal: bool) -> None:
@@ -41,16 +51,36 @@ def reserve_lesions(lab: LabState, seed: int, removal: bool) -> None:
                     lab.touched.add((st.name, k))
 
 
+def copy_sources(lab: LabState, st: StudySeries) -> dict[int, list[tuple[float, float, float]]]:
+    """Per slice of ``st``, (x, y, radius px) discs around the copy-move sources on it."""
+    out: dict[int, list[tuple[float, float, float]]] = {}
+    for rec in lab.records:
+        if rec.attack != "copy-move" or rec.study != st.name or not rec.source:
+            continue
+        first = int(rec.source["slice_index"])
+        radius = (rec.radius_mm or 12.0) / st.spacing * SOURCE_MARGIN + 6
+        for k in range(first, first + int((rec.detail or {}).get("slices", 1))):
+            out.setdefault(k, []).append((rec.source["x"], rec.source["y"], radius))
+    return out
+
+
+def _inside(x: float, y: float, discs: list[tuple[float, float, float]]) -> bool:
+    return any((x - a) ** 2 + (y - b) ** 2 < r**2 for a, b, r in discs)
+
+
 def controls(lab: LabState, n: int, modality: str) -> list[ManifestRow]:
     """``n`` genuine locations on unedited slices: about half on real lesions (TM), >= 1."""
     rng = lab.rng
     studies = lab.of_modality(modality)
     rows: list[ManifestRow] = []
     on_lesion = []
+    sources = {st.name: copy_sources(lab, st) for st in studies}
     for st in studies:
         for _, les in lab.known_lesions(st):
             for k in range(len(st.paths)):
-                if not lab.edited(st, k) and les.radius_on_slice_mm(st.z[k]) > 0.5 * les.radius_mm:
+                if lab.edited(st, k) or _inside(les.x, les.y, sources[st.name].get(k, [])):
+                    continue
+                if les.radius_on_slice_mm(st.z[k]) > 0.5 * les.radius_mm:
                     on_lesion.append((st, k, les))
     if not on_lesion and any(lab.known_lesions(st) for st in studies):
         raise TamperError(f"no untouched genuine lesion left for {modality} on-lesion controls")
@@ -71,7 +101,7 @@ def controls(lab: LabState, n: int, modality: str) -> list[ManifestRow]:
         k = int(rng.choice(free))
         sl = read_slice_data(st.paths[k])
         mask = candidate_mask(sl.values, st.modality, 8 / st.spacing + 4)
-        loc = pick_location(rng, mask, lab.avoid(st, k))
+        loc = pick_location(rng, mask, lab.avoid(st, k) + sources[st.name].get(k, []))
         if loc is None:
             continue
         rows.append(
