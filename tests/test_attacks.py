@@ -117,6 +117,27 @@ def test_manifest_rows_point_at_the_edits(lab_set: LabSet) -> None:
     assert (lab_set.tampered / REGIONS_JSON).is_file()
 
 
+def test_no_control_sits_on_a_copy_move_source(lab_set: LabSet) -> None:
+    """A copy's source is genuine but its content now occurs twice (and resembles the slice
+    either side): no clean control. Every control keeps clear of every source disc."""
+    from detector.slices import series_files
+
+    rows = read_manifest(lab_set.tampered / BTD_MANIFEST)
+    copies = [r for r in lab_set.result.records if r.attack == "copy-move" and r.source]
+    assert copies, "the lab set has copy-moves"
+    for row in (r for r in rows if r.label == 0):
+        study, name = row.path.split("/")
+        order = {p.name: k for k, p in enumerate(series_files(lab_set.genuine / study))}
+        header = pydicom.dcmread(lab_set.genuine / row.path, stop_before_pixels=True)
+        spacing = float(header.PixelSpacing[0])
+        for rec in (c for c in copies if c.study == study):
+            first = int(rec.source["slice_index"])
+            last = first + int((rec.detail or {}).get("slices", 1)) - 1
+            if first - 1 <= order[name] <= last + 1:
+                gap = np.hypot(row.x - rec.source["x"], row.y - rec.source["y"])
+                assert gap > (rec.radius_mm or 0) / spacing, (row, rec.source)
+
+
 def test_removal_hides_the_lesion(lab_set: LabSet) -> None:
     rec = next(r for r in lab_set.result.records if r.attack == "removal")
     reg = max(rec.regions, key=lambda g: g.radius_px)

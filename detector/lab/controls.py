@@ -52,14 +52,15 @@ def reserve_lesions(lab: LabState, seed: int, removal: bool) -> None:
 
 
 def copy_sources(lab: LabState, st: StudySeries) -> dict[int, list[tuple[float, float, float]]]:
-    """Per slice of ``st``, (x, y, radius px) discs around the copy-move sources on it."""
+    """Per slice of ``st``, (x, y, radius px) discs around the copy-move sources near it."""
     out: dict[int, list[tuple[float, float, float]]] = {}
     for rec in lab.records:
         if rec.attack != "copy-move" or rec.study != st.name or not rec.source:
             continue
         first = int(rec.source["slice_index"])
         radius = (rec.radius_mm or 12.0) / st.spacing * SOURCE_MARGIN + 6
-        for k in range(first, first + int((rec.detail or {}).get("slices", 1))):
+        # and the slice either side: anatomy continues, so a copy of slice s resembles s +- 1
+        for k in range(first - 1, first + int((rec.detail or {}).get("slices", 1)) + 1):
             out.setdefault(k, []).append((rec.source["x"], rec.source["y"], radius))
     return out
 
