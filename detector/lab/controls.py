@@ -7,7 +7,8 @@ quarter of each modality's lesions (at least one) and the slices they reach; no 
 those slices, so TM controls exist whenever a modality has two lesions or more (or one and no
 removal). Controls only use slices no attack edited, and never the source of a copy-move: its
 pixels now occur twice in the study, and content alone does not say which end was moved (every
-copy detector rightly flags both ends; the finding names the pair), so it is no clean control.
+copy detector rightly flags both ends; the finding names the pair), so it is no clean control
+(only a lab too small to have any other on-lesion control uses one).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from detector.lab.edits import (
     pick_location,
     read_slice_data,
 )
+from detector.lab.lesions import Lesion
 from detector.lab.manifest import GENUINE, ManifestRow
 
 RESERVED_FRACTION = 0.25
@@ -69,20 +71,33 @@ def _inside(x: float, y: float, discs: list[tuple[float, float, float]]) -> bool
     return any((x - a) ** 2 + (y - b) ** 2 < r**2 for a, b, r in discs)
 
 
+def _on_lesion(
+    lab: LabState,
+    studies: list[StudySeries],
+    sources: dict[str, dict[int, list[tuple[float, float, float]]]],
+) -> list[tuple[StudySeries, int, Lesion]]:
+    """(study, slice, lesion) for every unedited slice through a lesion, outside ``sources``."""
+    out = []
+    for st in studies:
+        near = sources.get(st.name, {})
+        for _, les in lab.known_lesions(st):
+            for k in range(len(st.paths)):
+                if lab.edited(st, k) or _inside(les.x, les.y, near.get(k, [])):
+                    continue
+                if les.radius_on_slice_mm(st.z[k]) > 0.5 * les.radius_mm:
+                    out.append((st, k, les))
+    return out
+
+
 def controls(lab: LabState, n: int, modality: str) -> list[ManifestRow]:
     """``n`` genuine locations on unedited slices: about half on real lesions (TM), >= 1."""
     rng = lab.rng
     studies = lab.of_modality(modality)
     rows: list[ManifestRow] = []
-    on_lesion = []
     sources = {st.name: copy_sources(lab, st) for st in studies}
-    for st in studies:
-        for _, les in lab.known_lesions(st):
-            for k in range(len(st.paths)):
-                if lab.edited(st, k) or _inside(les.x, les.y, sources[st.name].get(k, [])):
-                    continue
-                if les.radius_on_slice_mm(st.z[k]) > 0.5 * les.radius_mm:
-                    on_lesion.append((st, k, les))
+    on_lesion = _on_lesion(lab, studies, sources)
+    if not on_lesion:  # a tiny lab: a lesion beside a copy source beats no on-lesion control
+        on_lesion = _on_lesion(lab, studies, {})
     if not on_lesion and any(lab.known_lesions(st) for st in studies):
         raise TamperError(f"no untouched genuine lesion left for {modality} on-lesion controls")
     rng.shuffle(on_lesion)  # type: ignore[arg-type]
